@@ -1,0 +1,154 @@
+"""Start, find and stop the embedded AWS process.
+
+Several Dagster processes (webserver, daemon, run workers) and `make` may all ask for the
+emulator at the same moment; a file lock in the state directory makes exactly one of them start
+it, and the others wait for it to report ready.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from deathmetal_lake.local_aws.gateway import SERVICE_ID
+from deathmetal_lake.settings import LakeSettings
+
+LOG_FILE = "embedded-aws.log"
+LOCK_FILE = "embedded-aws.lock"
+
+
+class EmbeddedAwsError(RuntimeError):
+    """The embedded AWS could not be started, reached or stopped."""
+
+
+def endpoint(settings: LakeSettings) -> str:
+    return f"http://127.0.0.1:{settings.embedded_port}"
+
+
+def health(settings: LakeSettings, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The running emulator's identity, or None if nothing listens on the port.
+
+    Raises if something else answers there (LocalStack, another emulator) or if it is the
+    embedded AWS of another state directory: using it would mix two lakes.
+    """
+    url = f"{endpoint(settings)}/_lake/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise EmbeddedAwsError(
+            f"{endpoint(settings)} is answered by something else (HTTP {error.code} on {url}); "
+            "stop it, set LAKE_EMBEDDED_PORT to a free port, or set LAKE_AWS_MODE=localstack"
+        ) from error
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    except ValueError as error:
+        raise EmbeddedAwsError(f"{endpoint(settings)} is answered by something else") from error
+    if payload.get("service") != SERVICE_ID:
+        raise EmbeddedAwsError(f"{endpoint(settings)} is answered by something else: {payload}")
+    wanted = str(settings.state_dir.resolve())
+    if payload["state_dir"] != wanted:
+        raise EmbeddedAwsError(
+            f"the embedded AWS on {endpoint(settings)} keeps its state in {payload['state_dir']}, "
+            f"not {wanted}; stop it (python -m deathmetal_lake.local_aws down) or use another port"
+        )
+    return payload
+
+
+@contextmanager
+def _exclusive(settings: LakeSettings) -> Iterator[None]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / LOCK_FILE).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _log_tail(settings: LakeSettings, lines: int = 20) -> str:
+    path = settings.state_dir / LOG_FILE
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def ensure_running(settings: LakeSettings, timeout: float = 120.0) -> str:
+    """Start the embedded AWS unless it already runs; returns its endpoint once it is ready."""
+    current = health(settings)
+    if current and current["ready"]:
+        return endpoint(settings)
+    with _exclusive(settings):
+        process = None
+        if health(settings) is None:
+            log = (settings.state_dir / LOG_FILE).open("ab")
+            # stdio goes to the log file: a child holding our stdout open would keep CI waiting.
+            process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "deathmetal_lake.local_aws", "serve",
+                    "--state-dir", str(settings.state_dir.resolve()),
+                    "--port", str(settings.embedded_port),
+                    "--region", settings.region,
+                    "--bucket", settings.bucket,
+                    "--buffer-seconds", str(settings.embedded_buffer_seconds),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = health(settings)
+            if current and current["ready"]:
+                return endpoint(settings)
+            if process is not None and process.poll() is not None:
+                raise EmbeddedAwsError(
+                    f"the embedded AWS exited with code {process.returncode} while starting; "
+                    f"its log ({settings.state_dir / LOG_FILE}) ends with:\n{_log_tail(settings)}"
+                )
+            time.sleep(0.1)
+    raise EmbeddedAwsError(
+        f"the embedded AWS did not become ready within {timeout:.0f}s; "
+        f"its log ({settings.state_dir / LOG_FILE}) ends with:\n{_log_tail(settings)}"
+    )
+
+
+def stop(settings: LakeSettings, timeout: float = 60.0) -> bool:
+    """Stop the emulator gracefully (it delivers what it buffered); False if none was running."""
+    with _exclusive(settings):
+        current = health(settings)
+        if current is None:
+            return False
+        pid = int(current["pid"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid) and health(settings) is None:
+                return True
+            time.sleep(0.1)
+    raise EmbeddedAwsError(f"the embedded AWS (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child we started and that exited stays a zombie until reaped; reap it if it is ours.
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return finished == 0

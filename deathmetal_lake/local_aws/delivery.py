@@ -1,0 +1,229 @@
+"""Firehose delivery from a Kinesis source, which moto accepts but never performs.
+
+For every delivery stream of type KinesisStreamAsSource this reads each shard of the source stream
+from where the delivery stream started (the stream's tip when it was created, as on AWS),
+concatenates the records as they are (no delimiter), and writes an S3 object when the buffer
+reaches its size hint or its oldest record reaches the interval hint, under the key Firehose uses:
+`{prefix}YYYY/MM/DD/HH/{name}-{version}-YYYY-MM-DD-HH-MM-SS-{uuid}` in UTC.
+
+The read position after each object travels in that object's own PutObject (as user metadata), so
+the journal holds the object and the position in one entry: after a restart, even after SIGKILL,
+delivery resumes exactly after the last delivered record.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.firehose.models import firehose_backends
+from moto.kinesis.models import kinesis_backends
+
+from deathmetal_lake.local_aws.gateway import Entry, Refusal, operation
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_METADATA = "lake-delivery"
+_CHECKPOINT_HEADER = f"x-amz-meta-{CHECKPOINT_METADATA}"
+KINESIS_SOURCE = "KinesisStreamAsSource"
+
+
+@dataclass
+class _Delivery:
+    """One delivery stream's positions (last sequence number per shard) and buffer."""
+
+    name: str
+    committed: dict[str, int]
+    read: dict[str, int]
+    buffer: list[tuple[str, int, bytes]] = field(default_factory=list)
+    buffered_bytes: int = 0
+    first_buffered_at: float | None = None
+    objects: int = 0
+
+
+class FirehoseDelivery:
+    """Runs Kinesis-source deliveries of one moto region; see the module docstring."""
+
+    def __init__(
+        self,
+        region: str,
+        s3_client: Any,
+        lock: threading.RLock,
+        *,
+        poll_seconds: float = 0.05,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+    ) -> None:
+        self.region = region
+        self.s3 = s3_client
+        self.lock = lock
+        self.poll_seconds = poll_seconds
+        self.account_id = account_id
+        self._deliveries: dict[str, _Delivery] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- moto state -------------------------------------------------------------------------
+
+    def _delivery_stream(self, name: str) -> Any | None:
+        return firehose_backends[self.account_id][self.region].delivery_streams.get(name)
+
+    def _source_shards(self, delivery_stream: Any) -> dict[str, Any]:
+        stream_name = delivery_stream.source["KinesisStreamARN"].rsplit("/", 1)[-1]
+        stream = kinesis_backends[self.account_id][self.region].streams[stream_name]
+        return {shard.shard_id: shard for shard in stream.shards.values()}
+
+    # --- observing the journal (live and on replay) -------------------------------------------
+
+    def observe(self, entry: Entry) -> None:
+        """Track delivery streams and checkpoints from each applied mutation."""
+        target = operation(entry)
+        if target == "Firehose_20150804.CreateDeliveryStream":
+            request = json.loads(entry.body)
+            if request.get("DeliveryStreamType") == KINESIS_SOURCE:
+                self._start(request["DeliveryStreamName"])
+        elif target == "Firehose_20150804.DeleteDeliveryStream":
+            self._deliveries.pop(json.loads(entry.body)["DeliveryStreamName"], None)
+        elif entry.method == "PUT" and (checkpoint := entry.header(_CHECKPOINT_HEADER)):
+            state = json.loads(checkpoint)
+            delivery = self._deliveries.get(state["delivery_stream"])
+            if delivery is not None:
+                delivery.committed = {k: int(v) for k, v in state["positions"].items()}
+                for shard, position in delivery.committed.items():
+                    delivery.read[shard] = max(delivery.read.get(shard, 0), position)
+
+    def _start(self, name: str) -> None:
+        """A new delivery stream starts at its source's tip, as Firehose does."""
+        shards = self._source_shards(self._delivery_stream(name))
+        tip = {shard_id: shard.get_max_sequence_number() for shard_id, shard in shards.items()}
+        self._deliveries[name] = _Delivery(name, committed=dict(tip), read=dict(tip))
+
+    def refuse_direct_put(self, entry: Entry) -> Refusal | None:
+        """AWS refuses PutRecord(Batch) on a Kinesis-source delivery stream; moto does not."""
+        if operation(entry) not in (
+            "Firehose_20150804.PutRecord",
+            "Firehose_20150804.PutRecordBatch",
+        ):
+            return None
+        name = json.loads(entry.body).get("DeliveryStreamName")
+        with self.lock:
+            stream = self._delivery_stream(name)
+        if stream is None or stream.delivery_stream_type != KINESIS_SOURCE:
+            return None
+        return 400, {
+            "__type": "InvalidArgumentException",
+            "message": "This operation is not permitted on KinesisStreamAsSource delivery stream type.",
+        }
+
+    # --- the delivery loop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="firehose-delivery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and deliver what is buffered, so a clean stop leaves nothing waiting."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for delivery in list(self._deliveries.values()):
+            self._deliver(delivery, final=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            for delivery in list(self._deliveries.values()):
+                try:
+                    self._deliver(delivery)
+                except Exception:
+                    # Firehose retries delivery; so do we, on the next tick, from the same buffer.
+                    log.exception("delivery of %s failed; retrying", delivery.name)
+
+    def _deliver(self, delivery: _Delivery, *, final: bool = False) -> None:
+        with self.lock:
+            stream = self._delivery_stream(delivery.name)
+            if stream is None:
+                return
+            destination = stream.destinations[0]["ExtendedS3"]
+            version = stream.version_id
+        hints = destination.get("BufferingHints", {})
+        size_limit = int(hints.get("SizeInMBs", 5)) * 1024 * 1024
+        interval = float(hints.get("IntervalInSeconds", 300))
+        while True:
+            more = self._read(delivery, stream, size_limit)
+            while delivery.buffered_bytes >= size_limit:
+                self._flush(delivery, destination, version, size_limit)
+            age = time.monotonic() - (delivery.first_buffered_at or time.monotonic())
+            if delivery.buffer and (final or age >= interval):
+                self._flush(delivery, destination, version, size_limit)
+            if not more:
+                return
+
+    def _read(self, delivery: _Delivery, stream: Any, size_limit: int) -> bool:
+        """Move new records into the buffer, up to about one object; True if more are waiting."""
+        with self.lock:
+            for shard_id, shard in self._source_shards(stream).items():
+                position = delivery.read.get(shard_id, 0)
+                last = shard.get_max_sequence_number()
+                while position < last:
+                    if delivery.buffered_bytes >= size_limit:
+                        return True
+                    position += 1
+                    record = shard.records.get(position)
+                    if record is None:
+                        continue
+                    data = base64.b64decode(record.data)
+                    if not delivery.buffer:
+                        delivery.first_buffered_at = time.monotonic()
+                    delivery.buffer.append((shard_id, position, data))
+                    delivery.buffered_bytes += len(data)
+                    delivery.read[shard_id] = position
+        return False
+
+    def _flush(self, delivery: _Delivery, destination: dict[str, Any], version: str, size_limit: int) -> None:
+        """Write the oldest buffered records (at most `size_limit` bytes, at least one) as one object."""
+        taken, size = 0, 0
+        for _, _, data in delivery.buffer:
+            if taken and size + len(data) > size_limit:
+                break
+            taken, size = taken + 1, size + len(data)
+        records = delivery.buffer[:taken]
+        positions = dict(delivery.committed)
+        for shard_id, sequence, _ in records:
+            positions[shard_id] = sequence
+        now = datetime.now(UTC)
+        key = (
+            f"{destination.get('Prefix', '')}{now:%Y/%m/%d/%H}/"
+            f"{delivery.name}-{version}-{now:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
+        )
+        checkpoint = json.dumps({"delivery_stream": delivery.name, "positions": positions})
+        self.s3.put_object(
+            Bucket=destination["BucketARN"].rsplit(":", 1)[-1],
+            Key=key,
+            Body=b"".join(data for _, _, data in records),
+            Metadata={CHECKPOINT_METADATA: checkpoint},
+        )
+        del delivery.buffer[:taken]
+        delivery.buffered_bytes -= size
+        delivery.objects += 1
+        delivery.first_buffered_at = time.monotonic() if delivery.buffer else None
+
+    def status(self) -> dict[str, Any]:
+        """Positions and buffers, for `/_lake/delivery` and the tests."""
+        with self.lock:
+            return {
+                name: {
+                    "committed": dict(d.committed),
+                    "read": dict(d.read),
+                    "buffered_records": len(d.buffer),
+                    "buffered_bytes": d.buffered_bytes,
+                    "objects_this_run": d.objects,
+                }
+                for name, d in self._deliveries.items()
+            }

@@ -1,0 +1,140 @@
+"""Idempotent provisioning of the lake's AWS resources, built from the dataset registry.
+
+The embedded AWS runs this at every start; on LocalStack and AWS, Terraform in `infra/` creates
+the same resources (a test parses `infra/*.tf` and checks both agree with the request builders
+below).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from deathmetal_lake.datasets import DATASETS, BufferingHints, Dataset
+
+ACCOUNT_ID = "123456789012"
+FIREHOSE_ROLE_NAME = "deathmetal-lake-firehose"
+
+
+def firehose_role_arn(account_id: str = ACCOUNT_ID) -> str:
+    return f"arn:aws:iam::{account_id}:role/{FIREHOSE_ROLE_NAME}"
+
+
+def stream_arn(dataset: Dataset, region: str, account_id: str = ACCOUNT_ID) -> str:
+    return f"arn:aws:kinesis:{region}:{account_id}:stream/{dataset.stream_name}"
+
+
+def kinesis_stream_request(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "StreamName": dataset.stream_name,
+        "ShardCount": dataset.shard_count,
+        "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+    }
+
+
+def delivery_stream_request(
+    dataset: Dataset, bucket: str, region: str, buffering: BufferingHints | None = None
+) -> dict[str, Any]:
+    """CreateDeliveryStream for `dataset`: its Kinesis stream as source, S3 as destination."""
+    hints = buffering or dataset.buffering
+    return {
+        "DeliveryStreamName": dataset.firehose_name,
+        "DeliveryStreamType": "KinesisStreamAsSource",
+        "KinesisStreamSourceConfiguration": {
+            "KinesisStreamARN": stream_arn(dataset, region),
+            "RoleARN": firehose_role_arn(),
+        },
+        "ExtendedS3DestinationConfiguration": {
+            "RoleARN": firehose_role_arn(),
+            "BucketARN": f"arn:aws:s3:::{bucket}",
+            "Prefix": dataset.landing_prefix,
+            "ErrorOutputPrefix": dataset.firehose_error_output_prefix,
+            "BufferingHints": {
+                "SizeInMBs": hints.size_mb,
+                "IntervalInSeconds": hints.interval_seconds,
+            },
+            "CompressionFormat": "UNCOMPRESSED",
+        },
+    }
+
+
+def _ignore_exists(call: Any, codes: tuple[str, ...], **kwargs: Any) -> bool:
+    """Call `call(**kwargs)`; True if it created something, False if it already existed."""
+    try:
+        call(**kwargs)
+    except ClientError as error:
+        if error.response["Error"]["Code"] in codes:
+            return False
+        raise
+    return True
+
+
+def _wait_stream_active(kinesis: Any, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        if status["StreamStatus"] == "ACTIVE":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Kinesis stream {name} is still {status['StreamStatus']}")
+        time.sleep(0.2)
+
+
+def _sync_buffering(firehose: Any, request: dict[str, Any]) -> None:
+    """Apply changed buffering hints to an existing delivery stream (as UpdateDestination would)."""
+    name = request["DeliveryStreamName"]
+    description = firehose.describe_delivery_stream(DeliveryStreamName=name)[
+        "DeliveryStreamDescription"
+    ]
+    destination = description["Destinations"][0]
+    wanted = request["ExtendedS3DestinationConfiguration"]["BufferingHints"]
+    current = destination.get("ExtendedS3DestinationDescription", {}).get("BufferingHints")
+    if current != wanted:
+        firehose.update_destination(
+            DeliveryStreamName=name,
+            CurrentDeliveryStreamVersionId=description["VersionId"],
+            DestinationId=destination["DestinationId"],
+            ExtendedS3DestinationUpdate={"BufferingHints": wanted},
+        )
+
+
+def provision_lake(
+    s3: Any,
+    kinesis: Any,
+    firehose: Any,
+    *,
+    bucket: str,
+    region: str,
+    buffering_seconds: float | None = None,
+) -> list[str]:
+    """Create what is missing (bucket, streams, delivery streams); returns what was created.
+
+    `buffering_seconds` overrides every dataset's interval hint (the embedded AWS uses a short one
+    so local runs are quick).
+    """
+    created: list[str] = []
+    bucket_args: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        bucket_args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    if _ignore_exists(
+        s3.create_bucket, ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"), **bucket_args
+    ):
+        created.append(f"s3://{bucket}")
+    for dataset in DATASETS:
+        if _ignore_exists(
+            kinesis.create_stream, ("ResourceInUseException",), **kinesis_stream_request(dataset)
+        ):
+            created.append(dataset.stream_name)
+        _wait_stream_active(kinesis, dataset.stream_name)
+    for dataset in DATASETS:
+        hints = dataset.buffering
+        if buffering_seconds is not None:
+            hints = BufferingHints(hints.size_mb, round(buffering_seconds))
+        request = delivery_stream_request(dataset, bucket, region, hints)
+        if _ignore_exists(firehose.create_delivery_stream, ("ResourceInUseException",), **request):
+            created.append(dataset.firehose_name)
+        else:
+            _sync_buffering(firehose, request)
+    return created

@@ -1,0 +1,97 @@
+"""The embedded AWS process: moto behind the journaling gateway, plus Firehose delivery.
+
+Start-up order matters: replay the journal into a fresh moto, open the port, provision what is
+missing, then report ready and start delivering. Clients (see `control.py`) wait for ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+from deathmetal_lake.local_aws.journal import Journal
+
+log = logging.getLogger("deathmetal_lake.local_aws")
+
+JOURNAL_FILE = "journal.bin"
+
+
+def serve(
+    *,
+    state_dir: Path,
+    port: int,
+    region: str,
+    bucket: str,
+    buffer_seconds: float,
+    host: str = "127.0.0.1",
+) -> None:
+    """Run until SIGTERM or SIGINT; see the module docstring."""
+    # moto keeps S3 bodies over this size in temporary files instead of memory.
+    os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(1024 * 1024))
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    from deathmetal_lake.local_aws.delivery import FirehoseDelivery
+    from deathmetal_lake.local_aws.gateway import SERVICE_ID, Gateway
+    from deathmetal_lake.local_aws.provision import provision_lake
+
+    state_dir = state_dir.resolve()
+    endpoint = f"http://{host}:{port}"
+    identity = {"service": SERVICE_ID, "pid": os.getpid(), "state_dir": str(state_dir), "endpoint": endpoint}
+    clients = {
+        service: boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=Config(retries={"max_attempts": 10, "mode": "standard"}),
+        )
+        for service in ("s3", "kinesis", "firehose")
+    }
+    journal = Journal(state_dir / JOURNAL_FILE)
+    gateway = Gateway(DomainDispatcherApplication(create_backend_app), journal, identity=identity)
+    delivery = FirehoseDelivery(region, clients["s3"], gateway.lock)
+    gateway.observers.append(delivery.observe)
+    gateway.guards.append(delivery.refuse_direct_put)
+    gateway.status_provider = delivery.status
+
+    replayed = gateway.replay()
+    log.info("replayed %d journal entries from %s", replayed, journal.path)
+
+    server = make_server(host, port, gateway, threaded=True, request_handler=MotoRequestHandler)
+    http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    http.start()
+    created = provision_lake(
+        clients["s3"],
+        clients["kinesis"],
+        clients["firehose"],
+        bucket=bucket,
+        region=region,
+        buffering_seconds=buffer_seconds,
+    )
+    log.info("provisioned %s", ", ".join(created) or "nothing new")
+    delivery.start()
+    gateway.ready = True
+    log.info("embedded AWS ready on %s (state in %s)", endpoint, state_dir)
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    stopping.wait()
+    log.info("stopping: delivering buffered records")
+    gateway.ready = False
+    delivery.stop()
+    server.shutdown()
+    journal.close()
+    log.info("stopped")
