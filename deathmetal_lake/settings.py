@@ -27,7 +27,9 @@ class AwsMode(StrEnum):
 class LakeSettings(BaseSettings):
     """Settings of one lake, read from `LAKE_*` and the standard AWS variables."""
 
-    model_config = SettingsConfigDict(env_prefix="LAKE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LAKE_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     aws_mode: AwsMode = AwsMode.EMBEDDED
     endpoint_url: str | None = Field(
@@ -38,11 +40,9 @@ class LakeSettings(BaseSettings):
     state_dir: Path = Path(".lake")
     bucket: str = "csv-batch-bucket"
     csv_dir: Path = Path("csv")
-    dagster_home: Path | None = Field(
-        default=None, validation_alias=AliasChoices("DAGSTER_HOME")
-    )
+    dagster_home: Path | None = Field(default=None, validation_alias=AliasChoices("DAGSTER_HOME"))
     landing_timeout_seconds: float = Field(default=300.0, gt=0)
-    embedded_buffer_seconds: float = Field(default=1.0, ge=0, le=900)
+    embedded_buffer_seconds: int = Field(default=1, ge=0, le=900)
 
     @property
     def aws_endpoint(self) -> str | None:

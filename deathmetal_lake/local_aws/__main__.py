@@ -13,9 +13,13 @@ from deathmetal_lake.settings import LakeSettings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deathmetal_lake.local_aws", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m deathmetal_lake.local_aws", description=__doc__
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start the embedded AWS if it is not running; print its endpoint")
+    commands.add_parser(
+        "up", help="start the embedded AWS if it is not running; print its endpoint"
+    )
     commands.add_parser("down", help="stop it (buffered Firehose records are delivered first)")
     commands.add_parser("status", help="say whether it runs, and its delivery positions")
     serve = commands.add_parser("serve", help="run it in the foreground (what `up` starts)")
@@ -23,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--region", required=True)
     serve.add_argument("--bucket", required=True)
-    serve.add_argument("--buffer-seconds", type=float, required=True)
+    serve.add_argument("--buffer-seconds", type=int, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "serve":

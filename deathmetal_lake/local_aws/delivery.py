@@ -119,7 +119,9 @@ class FirehoseDelivery:
             return None
         return 400, {
             "__type": "InvalidArgumentException",
-            "message": "This operation is not permitted on KinesisStreamAsSource delivery stream type.",
+            "message": (
+                "This operation is not permitted on KinesisStreamAsSource delivery stream type."
+            ),
         }
 
     # --- the delivery loop ------------------------------------------------------------------
@@ -186,8 +188,10 @@ class FirehoseDelivery:
                     delivery.read[shard_id] = position
         return False
 
-    def _flush(self, delivery: _Delivery, destination: dict[str, Any], version: str, size_limit: int) -> None:
-        """Write the oldest buffered records (at most `size_limit` bytes, at least one) as one object."""
+    def _flush(
+        self, delivery: _Delivery, destination: dict[str, Any], version: str, size_limit: int
+    ) -> None:
+        """Write the oldest buffered records (at most `size_limit` bytes, at least one)."""
         taken, size = 0, 0
         for _, _, data in delivery.buffer:
             if taken and size + len(data) > size_limit:

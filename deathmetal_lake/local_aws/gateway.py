@@ -2,18 +2,23 @@
 
 Every request passes through here. Requests that change state are applied under one lock and
 journaled in the order they were applied, so a replay rebuilds identical state (Kinesis sequence
-numbers included). Observers see each applied mutation, live and during replay alike; the Firehose
-delivery uses that to keep its read positions in the same journal as the objects it wrote.
+numbers included, and moto's timestamps: each mutation is applied at a journaled instant).
+Observers see each applied mutation, live and during replay alike; the Firehose delivery uses that
+to keep its read positions in the same journal as the objects it wrote.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import re
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from werkzeug.test import EnvironBuilder, run_wsgi_app
@@ -26,6 +31,9 @@ _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _QUERY_UPLOAD_ID = re.compile(r"(^|&)uploadId=([^&]+)")
+# moto stamps S3 LastModified, Kinesis arrival and creation times with the `utcnow` each of these
+# modules imports; without a fixed clock a replay would restamp everything with the restart time.
+_CLOCKED_MOTO_MODULES = ("moto.s3.models", "moto.kinesis.models", "moto.firehose.models")
 
 Observer = Callable[[Entry], None]
 Refusal = tuple[int, dict[str, Any]]
@@ -75,9 +83,36 @@ def _is_object_read(entry: Entry) -> bool:
     )
 
 
+@contextmanager
+def _moto_clock(applied_at: float | None) -> Iterator[None]:
+    """moto reads `applied_at` (epoch seconds) as the current time; None leaves its clock alone.
+
+    Only one thread at a time may hold it: the gateway's lock (or replay, before serving).
+    """
+    if applied_at is None:
+        yield
+        return
+    frozen = datetime.fromtimestamp(applied_at, UTC).replace(tzinfo=None)
+
+    def clock() -> datetime:
+        return frozen
+
+    modules = [importlib.import_module(name) for name in _CLOCKED_MOTO_MODULES]
+    originals = [module.utcnow for module in modules]
+    for module in modules:
+        module.utcnow = clock
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.utcnow = original
+
+
 def _json_response(status: int, payload: dict[str, Any], content_type: str) -> Response:
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
-    return Response(f"{status} {reason}", [("Content-Type", content_type)], json.dumps(payload).encode())
+    return Response(
+        f"{status} {reason}", [("Content-Type", content_type)], json.dumps(payload).encode()
+    )
 
 
 class Gateway:
@@ -112,7 +147,8 @@ class Gateway:
                 lambda m: f"{m.group(1)}uploadId={upload_ids.get(m.group(2), m.group(2))}",
                 entry.query,
             )
-            response = self._dispatch(entry)
+            with _moto_clock(entry.extra.get("t")):
+                response = self._dispatch(entry)
             if "upload_id" in entry.extra and (found := _UPLOAD_ID.search(response.body)):
                 upload_ids[entry.extra["upload_id"]] = found.group(1).decode()
             if response.ok:
@@ -142,7 +178,9 @@ class Gateway:
             method=request.method,
             path=environ.get("PATH_INFO", ""),
             query=environ.get("QUERY_STRING", ""),
-            headers=[(k, v) for k, v in request.headers.items() if k.lower() not in _SKIPPED_HEADERS],
+            headers=[
+                (k, v) for k, v in request.headers.items() if k.lower() not in _SKIPPED_HEADERS
+            ],
             body=body,
         )
         if _is_object_read(entry):
@@ -153,14 +191,19 @@ class Gateway:
         if not is_mutation(entry):
             with self.lock:
                 return self._dispatch(entry)
-        if operation(entry) == "Kinesis_20131202.PutRecords" and self.faults.put_records_failure_rate:
+        if (
+            operation(entry) == "Kinesis_20131202.PutRecords"
+            and self.faults.put_records_failure_rate
+        ):
             return self._put_records_with_faults(entry)
         with self.lock:
             return self._apply(entry)
 
     def _apply(self, entry: Entry) -> Response:
-        """Dispatch, journal on success, tell observers; the caller holds the lock."""
-        response = self._dispatch(entry)
+        """Dispatch at a journaled instant, journal on success, tell observers; under the lock."""
+        entry.extra["t"] = time.time()
+        with _moto_clock(entry.extra["t"]):
+            response = self._dispatch(entry)
         if response.ok:
             if entry.query.startswith("uploads") and (found := _UPLOAD_ID.search(response.body)):
                 entry.extra["upload_id"] = found.group(1).decode()
@@ -174,7 +217,9 @@ class Gateway:
         records = request["Records"]
         with self.lock:
             failed = {
-                i for i in range(len(records)) if self._rng.random() < self.faults.put_records_failure_rate
+                i
+                for i in range(len(records))
+                if self._rng.random() < self.faults.put_records_failure_rate
             }
             kept = [r for i, r in enumerate(records) if i not in failed]
             accepted: list[dict[str, Any]] = []
@@ -191,7 +236,9 @@ class Gateway:
                 results.append(
                     {
                         "ErrorCode": "ProvisionedThroughputExceededException",
-                        "ErrorMessage": f"Rate exceeded for shard in stream {stream} (injected fault).",
+                        "ErrorMessage": (
+                            f"Rate exceeded for shard in stream {stream} (injected fault)."
+                        ),
                     }
                 )
             else:

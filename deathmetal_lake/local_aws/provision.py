@@ -71,6 +71,14 @@ def _ignore_exists(call: Any, codes: tuple[str, ...], **kwargs: Any) -> bool:
     return True
 
 
+def _bucket_exists(s3: Any, bucket: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        return False
+    return True
+
+
 def _wait_stream_active(kinesis: Any, name: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -107,7 +115,7 @@ def provision_lake(
     *,
     bucket: str,
     region: str,
-    buffering_seconds: float | None = None,
+    buffering_seconds: int | None = None,
 ) -> list[str]:
     """Create what is missing (bucket, streams, delivery streams); returns what was created.
 
@@ -118,7 +126,8 @@ def provision_lake(
     bucket_args: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
         bucket_args["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    if _ignore_exists(
+    # In us-east-1 CreateBucket on a bucket you own succeeds (AWS and moto alike): ask first.
+    if not _bucket_exists(s3, bucket) and _ignore_exists(
         s3.create_bucket, ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"), **bucket_args
     ):
         created.append(f"s3://{bucket}")
@@ -131,7 +140,7 @@ def provision_lake(
     for dataset in DATASETS:
         hints = dataset.buffering
         if buffering_seconds is not None:
-            hints = BufferingHints(hints.size_mb, round(buffering_seconds))
+            hints = BufferingHints(hints.size_mb, buffering_seconds)
         request = delivery_stream_request(dataset, bucket, region, hints)
         if _ignore_exists(firehose.create_delivery_stream, ("ResourceInUseException",), **request):
             created.append(dataset.firehose_name)

@@ -28,7 +28,7 @@ def serve(
     port: int,
     region: str,
     bucket: str,
-    buffer_seconds: float,
+    buffer_seconds: int,
     host: str = "127.0.0.1",
 ) -> None:
     """Run until SIGTERM or SIGINT; see the module docstring."""
@@ -47,7 +47,12 @@ def serve(
 
     state_dir = state_dir.resolve()
     endpoint = f"http://{host}:{port}"
-    identity = {"service": SERVICE_ID, "pid": os.getpid(), "state_dir": str(state_dir), "endpoint": endpoint}
+    identity = {
+        "service": SERVICE_ID,
+        "pid": os.getpid(),
+        "state_dir": str(state_dir),
+        "endpoint": endpoint,
+    }
     clients = {
         service: boto3.client(
             service,

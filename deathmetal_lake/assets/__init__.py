@@ -1,0 +1,1 @@
+"""The lake's assets, one module per layer."""

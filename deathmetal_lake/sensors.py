@@ -1,0 +1,129 @@
+"""Sensors that turn new or changed source files into ingest runs.
+
+`csv_dir_sensor` watches `LAKE_CSV_DIR` and ships RUNNING, so dropping a CSV there under
+`make dev` ingests it with nothing to switch on. `s3_raw_sensor` watches `raw/` in the bucket and
+ships STOPPED: on real AWS each tick lists the prefix (billed requests), so users who upload to
+S3 turn it on in the UI.
+
+Both share one planner. A file is ingested once its fingerprint (size and mtime, or size and ETag)
+stayed the same for two ticks, so a file still being written waits. Its partition key comes from
+its content, so a touched but unchanged file starts nothing, and the cursor (what was seen, what is
+pending, which unknown names were reported) makes a restarted daemon pick up where it was.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import Logger
+from pathlib import Path
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from deathmetal_lake.assets.bronze import bronze_key
+from deathmetal_lake.assets.landing import landing_key
+from deathmetal_lake.datasets import DATASETS
+from deathmetal_lake.partitions import INGEST_PARTITIONS
+from deathmetal_lake.resources import LakeResource, LakeS3Resource
+from deathmetal_lake.sources import SourceFile, content_hash, ingest_key, local_sources, s3_sources
+
+KNOWN_NAMES = ", ".join(f"{d.name}.csv or {d.name}_<anything>.csv" for d in DATASETS)
+
+
+@dataclass
+class Cursor:
+    seen: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "Cursor":
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps({"seen": self.seen, "pending": self.pending, "unknown": self.unknown})
+
+
+@dataclass
+class Plan:
+    run_requests: list[RunRequest] = field(default_factory=list)
+    new_partitions: dict[str, list[str]] = field(default_factory=dict)
+
+
+def plan_ingests(
+    sources: list[SourceFile],
+    cursor: Cursor,
+    partition_exists: Callable[[str, str], bool],
+    log: Logger,
+) -> Plan:
+    """Decide which files to ingest this tick; updates `cursor` in place."""
+    plan = Plan()
+    present = {source.location for source in sources}
+    cursor.seen = {loc: fp for loc, fp in cursor.seen.items() if loc in present}
+    cursor.pending = {loc: fp for loc, fp in cursor.pending.items() if loc in present}
+    for source in sources:
+        dataset = source.dataset
+        if dataset is None:
+            if source.location not in cursor.unknown:
+                log.warning(f"ignoring {source.location}: not a source file name ({KNOWN_NAMES})")
+                cursor.unknown.append(source.location)
+            continue
+        if cursor.seen.get(source.location) == source.fingerprint:
+            continue
+        if cursor.pending.get(source.location) != source.fingerprint:
+            cursor.pending[source.location] = source.fingerprint
+            continue
+        del cursor.pending[source.location]
+        cursor.seen[source.location] = source.fingerprint
+        key = ingest_key(source.name, content_hash(source))
+        planned = plan.new_partitions.setdefault(dataset.name, [])
+        if key in planned or partition_exists(dataset.name, key):
+            log.info(f"{source.location}: content already ingested as {key}")
+            continue
+        planned.append(key)
+        plan.run_requests.append(
+            RunRequest(
+                run_key=key,
+                partition_key=key,
+                asset_selection=[landing_key(dataset), bronze_key(dataset)],
+                tags={"lake/source": source.location, "lake/dataset": dataset.name},
+            )
+        )
+    return plan
+
+
+def _evaluate(context: SensorEvaluationContext, sources: list[SourceFile]) -> SensorResult:
+    cursor = Cursor.parse(context.cursor)
+
+    def partition_exists(dataset: str, key: str) -> bool:
+        return context.instance.has_dynamic_partition(INGEST_PARTITIONS[dataset].name, key)
+
+    plan = plan_ingests(sources, cursor, partition_exists, context.log)
+    return SensorResult(
+        run_requests=plan.run_requests,
+        dynamic_partitions_requests=[
+            INGEST_PARTITIONS[dataset].build_add_request(keys)
+            for dataset, keys in plan.new_partitions.items()
+            if keys
+        ],
+        cursor=cursor.dump(),
+    )
+
+
+@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
+def csv_dir_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
+    """Ingests new or changed `{dataset}.csv` / `{dataset}_*.csv` files in LAKE_CSV_DIR."""
+    return _evaluate(context, local_sources(Path(lake.csv_dir)))
+
+
+@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.STOPPED)
+def s3_raw_sensor(
+    context: SensorEvaluationContext, lake: LakeResource, s3: LakeS3Resource
+) -> SensorResult:
+    """Ingests new or changed CSVs uploaded to `raw/` in the lake's bucket."""
+    return _evaluate(context, s3_sources(s3.get_client(), lake.bucket))

@@ -1,0 +1,107 @@
+"""Source files: CSVs dropped in `LAKE_CSV_DIR` or uploaded to `raw/` in the bucket.
+
+Both sensors and `make run` discover files here, and a landing run finds its file again from its
+partition key, whichever of the two places it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from deathmetal_lake.datasets import Dataset, dataset_for_file
+
+RAW_PREFIX = "raw/"
+HASH_LENGTH = 12
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One source file as found; `fingerprint` changes whenever its content may have."""
+
+    name: str
+    location: str
+    fingerprint: str
+    open: Callable[[], BinaryIO]
+
+    @property
+    def dataset(self) -> Dataset | None:
+        return dataset_for_file(self.name)
+
+
+def local_sources(csv_dir: Path) -> list[SourceFile]:
+    """Every `*.csv` in the folder (known or not; the caller reports unknown names)."""
+    if not csv_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(csv_dir.glob("*.csv")):
+        stat = path.stat()
+        found.append(
+            SourceFile(
+                name=path.name,
+                location=str(path.resolve()),
+                fingerprint=f"{stat.st_size}:{stat.st_mtime_ns}",
+                open=lambda path=path: path.open("rb"),
+            )
+        )
+    return found
+
+
+def s3_sources(s3_client: Any, bucket: str) -> list[SourceFile]:
+    """Every `raw/*.csv` object (not in sub-folders), listed page by page."""
+    found = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=RAW_PREFIX
+    ):
+        for item in page.get("Contents", []):
+            name = item["Key"][len(RAW_PREFIX) :]
+            if "/" in name or not name.endswith(".csv"):
+                continue
+            found.append(
+                SourceFile(
+                    name=name,
+                    location=f"s3://{bucket}/{item['Key']}",
+                    fingerprint=f"{item['Size']}:{item['ETag']}",
+                    open=lambda key=item["Key"]: s3_client.get_object(Bucket=bucket, Key=key)[
+                        "Body"
+                    ],
+                )
+            )
+    return found
+
+
+def content_hash(source: SourceFile) -> str:
+    """sha256 of the file's bytes, read in chunks (a 1.5 GB file is never held whole)."""
+    digest = hashlib.sha256()
+    with source.open() as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ingest_key(file_name: str, sha256_hex: str) -> str:
+    """The partition key and `_ingest_id` of a file version, e.g. `reviews_2026-11-3fa9c2d1e0b4`."""
+    return f"{Path(file_name).stem}-{sha256_hex[:HASH_LENGTH]}"
+
+
+class SourceNotFoundError(LookupError):
+    """No source file has the content a partition key names."""
+
+
+def locate(partition_key: str, candidates: list[SourceFile]) -> SourceFile:
+    """The candidate whose name and content match the key (local files are listed first)."""
+    stem = partition_key[: -(HASH_LENGTH + 1)]
+    named = [c for c in candidates if Path(c.name).stem == stem]
+    for candidate in named:
+        if ingest_key(candidate.name, content_hash(candidate)) == partition_key:
+            return candidate
+    places = ", ".join(c.location for c in named) or "nowhere"
+    raise SourceNotFoundError(
+        f"no source file has the content of ingest {partition_key}: `{stem}.csv` was found at "
+        f"{places}, with other content. The file changed after this version was registered; "
+        "its new version gets a partition of its own when a sensor or `make run` sees it."
+    )

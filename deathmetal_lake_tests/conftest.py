@@ -1,0 +1,68 @@
+"""Shared fixtures: an isolated environment and the embedded AWS on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from deathmetal_lake.local_aws import ensure_running, stop
+from deathmetal_lake.settings import AwsMode, LakeSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CSV_DIR = REPO_ROOT / "csv"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real AWS profile, endpoint or lake setting of the developer leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_settings(state_dir: Path, **overrides: Any) -> LakeSettings:
+    values: dict[str, Any] = {
+        "aws_mode": AwsMode.EMBEDDED,
+        "endpoint_url": None,
+        "embedded_port": free_port(),
+        "state_dir": state_dir,
+        "csv_dir": state_dir.parent / "csv",
+        "dagster_home": state_dir / "dagster",
+        "embedded_buffer_seconds": 0,
+        "landing_timeout_seconds": 60,
+    }
+    values.update(overrides)
+    return LakeSettings(**values)
+
+
+def aws_client(settings: LakeSettings, service: str) -> Any:
+    return boto3.client(service, **settings.boto3_client_kwargs())
+
+
+@pytest.fixture
+def lake_settings(tmp_path: Path) -> LakeSettings:
+    return make_settings(tmp_path / "state")
+
+
+@pytest.fixture
+def embedded_aws(lake_settings: LakeSettings) -> Iterator[LakeSettings]:
+    """The embedded AWS of this test, on a free port with its own state; stopped afterwards."""
+    ensure_running(lake_settings)
+    try:
+        yield lake_settings
+    finally:
+        stop(lake_settings)

@@ -1,0 +1,157 @@
+"""The generator's promises: deterministic, contract-shaped CSVs with the source's quirks."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import statistics
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from deathmetal_lake import generate as gen
+from deathmetal_lake.datasets import DATASETS_BY_NAME
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "csv"
+NAMES = ("albums", "bands", "reviews")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _bytes(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / f"{name}.csv").read_bytes() for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def moderate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """Scale 0.1: a few thousand rows per file, enough for every quirk and for score statistics."""
+    out = tmp_path_factory.mktemp("moderate")
+    return out, gen.generate(out, 0.1, 7)
+
+
+@pytest.fixture(scope="module")
+def parsed(moderate: tuple[Path, dict[str, int]]) -> dict[str, list[dict[str, str]]]:
+    return {name: _rows(moderate[0] / f"{name}.csv") for name in NAMES}
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path) -> None:
+    first, again, other = (tmp_path / d for d in ("first", "again", "other"))
+    assert gen.generate(first, 0.01, 1) == gen.generate(again, 0.01, 1)
+    assert _bytes(first) == _bytes(again)
+    gen.generate(other, 0.01, 2)
+    assert all(_bytes(first)[name] != _bytes(other)[name] for name in NAMES)
+    assert not list(tmp_path.glob("*/*.partial"))
+
+
+def test_header_is_the_contract_and_both_parsers_agree(
+    moderate: tuple[Path, dict[str, int]],
+) -> None:
+    out, written = moderate
+    for name in NAMES:
+        columns = DATASETS_BY_NAME[name].columns
+        path = out / f"{name}.csv"
+        assert path.read_bytes().split(b"\n", 1)[0].decode() == ",".join(columns)
+        with path.open(encoding="utf-8", newline="") as f:
+            header, *records = csv.reader(f)
+        assert tuple(header) == columns
+        assert all(len(record) == len(columns) for record in records)
+        assert len(records) == written[name]
+        frame = pl.read_csv(path, infer_schema=False)
+        assert tuple(frame.columns) == columns
+        assert frame.height == written[name]
+        assert set(frame.schema.values()) == {pl.String}
+        assert frame.fill_null("").rows() == [tuple(r) for r in records]
+
+
+def test_row_counts_scale_linearly(tmp_path: Path) -> None:
+    small = gen.generate(tmp_path / "small", 0.01, 3)
+    double = gen.generate(tmp_path / "double", 0.02, 3)
+    for name, base in gen.BASE_ROWS.items():
+        assert small[name] == pytest.approx(base * 0.01, rel=0.01)
+        assert double[name] == pytest.approx(2 * small[name], rel=0.01)
+
+
+def test_a_tenth_of_the_real_dataset_at_scale_0_1(moderate: tuple[Path, dict[str, int]]) -> None:
+    """Scale 1 is the real dataset: about 37,000 bands, 45,000 albums, 22,000 reviews, 15 MB."""
+    out, written = moderate
+    expected = {"bands": 3_700, "albums": 4_500, "reviews": 2_200}
+    assert written == pytest.approx(expected, rel=0.01)
+    assert sum(len(b) for b in _bytes(out).values()) == pytest.approx(1_500_000, rel=0.1)
+
+
+def test_source_quirks(moderate: tuple[Path, dict[str, int]], parsed: dict) -> None:
+    content = [r["content"] for r in parsed["reviews"]]
+    assert any("\r\n" in c for c in content) and any("\n" in c.replace("\r\n", "") for c in content)
+    assert any("," in c and '"' in c for c in content)
+    assert any("," in r["title"] for r in parsed["reviews"])
+    assert any('"' in r["title"] for r in parsed["reviews"])
+    assert any("| " in r["title"] for r in parsed["albums"])
+    assert any("| " in b["name"] for b in parsed["bands"])
+    assert any("|" in b["genre"] for b in parsed["bands"])
+    assert any(b["theme"].count("|") >= 2 for b in parsed["bands"])
+    for column in ("country", "formed_in", "theme", "active"):
+        assert any(b[column] == "N/A" for b in parsed["bands"]), column
+    active = [b["active"] for b in parsed["bands"]]
+    assert any(a.endswith("-present") for a in active)
+    assert any("|" in a and a.endswith("-present") for a in active)
+    assert any(a.startswith("?-") for a in active) and any(a.endswith("-?") for a in active)
+    assert {b["status"] for b in parsed["bands"]} == set(gen._STATUSES)
+    assert any(not b["name"].isascii() for b in parsed["bands"])
+    raw = (moderate[0] / "reviews.csv").read_bytes()
+    assert raw.count(b"\n") > len(content) + 1  # newlines inside quoted fields
+
+
+def test_deliberate_duplicates_orphans_and_rule_breakers(parsed: dict) -> None:
+    for name, rows in parsed.items():
+        ids = [int(r["id"]) for r in rows]
+        assert ids == sorted(ids)
+        copies = len(ids) - len(set(ids))
+        assert 1 <= copies <= max(1, round(len(set(ids)) * gen.DUPLICATE_RATE)), name
+        for i in range(1, len(rows)):
+            if ids[i] == ids[i - 1]:
+                assert rows[i] == rows[i - 1]
+    band_ids = {r["id"] for r in parsed["bands"]}
+    album_ids = {r["id"] for r in parsed["albums"]}
+    for child, key, parents in (("albums", "band", band_ids), ("reviews", "album", album_ids)):
+        orphans = [r for r in parsed[child] if r[key] not in parents]
+        assert 1 <= len(orphans) <= 0.005 * len(parsed[child]), child
+
+    broken = {
+        "bands": [b for b in parsed["bands"] if b["name"] == "" or b["formed_in"] == "1850"],
+        "albums": [
+            a for a in parsed["albums"] if a["title"] == "" or a["year"] in ("1850", "unknown")
+        ],
+        "reviews": [
+            r for r in parsed["reviews"] if not r["score"] or not 0 <= int(r["score"]) <= 100
+        ],
+    }
+    for name, rows in broken.items():
+        assert 1 <= len(rows) <= 2 * max(1, round(len(parsed[name]) * gen.INVALID_RATE)), name
+
+
+def test_score_and_year_distributions(parsed: dict) -> None:
+    scores = [int(r["score"]) for r in parsed["reviews"] if r["score"]]
+    scores = [s for s in scores if 0 <= s <= 100]
+    assert 76 <= statistics.mean(scores) <= 80
+    assert 79 <= statistics.median(scores) <= 83
+    assert 0 in scores and 100 in scores
+    round_share = sum(s % 5 == 0 for s in scores) / len(scores)
+    assert round_share > 0.33  # about twice the 20% of evenly spread scores: reviewers round
+    for rows, column in ((parsed["albums"], "year"), (parsed["bands"], "formed_in")):
+        years = [int(r[column]) for r in rows if r[column].isdigit()]
+        assert sum(1970 <= y <= 2024 for y in years) / len(years) > 0.99
+
+
+def test_committed_sample_is_what_the_documented_command_writes(tmp_path: Path) -> None:
+    command = next(
+        line for line in gen.__doc__.splitlines() if "-m deathmetal_lake.generate" in line
+    )
+    args = shlex.split(command)[3:]
+    out = args.index("--out")
+    gen.main([*args[:out], *args[out + 2 :], "--out", str(tmp_path)])
+    assert _bytes(tmp_path) == _bytes(SAMPLE_DIR)
+    assert sum(len(b) for b in _bytes(SAMPLE_DIR).values()) < 2_000_000
