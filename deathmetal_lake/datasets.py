@@ -53,8 +53,13 @@ class Dataset:
         return f"{self.errors_prefix}!{{firehose:error-output-type}}/!{{timestamp:yyyy/MM/dd}}/"
 
     def matches_file(self, file_name: str) -> bool:
-        """`{name}.csv` or `{name}_<anything>.csv` (an increment such as `reviews_2026-11.csv`)."""
-        return re.fullmatch(rf"{re.escape(self.name)}(_[^/]+)?\.csv", file_name) is not None
+        """`{name}.csv` or `{name}_<suffix>.csv` (an increment such as `reviews_2026-11.csv`).
+
+        The suffix is letters, digits, `_`, `.` and `-` (no `..`): the file's stem becomes part of
+        its partition key and S3 paths, so it must be safe in both as it is.
+        """
+        pattern = rf"{re.escape(self.name)}(_[A-Za-z0-9_.-]+)?\.csv"
+        return re.fullmatch(pattern, file_name) is not None and ".." not in file_name
 
 
 DATASETS: tuple[Dataset, ...] = (

@@ -92,13 +92,14 @@ class SourceNotFoundError(LookupError):
     """No source file has the content a partition key names."""
 
 
-def locate(partition_key: str, candidates: list[SourceFile]) -> SourceFile:
-    """The candidate whose name and content match the key (local files are listed first)."""
+def locate(partition_key: str, candidates: list[SourceFile]) -> tuple[SourceFile, str]:
+    """The candidate whose name and content match the key, and its sha256 (local files first)."""
     stem = partition_key[: -(HASH_LENGTH + 1)]
     named = [c for c in candidates if Path(c.name).stem == stem]
     for candidate in named:
-        if ingest_key(candidate.name, content_hash(candidate)) == partition_key:
-            return candidate
+        digest = content_hash(candidate)
+        if ingest_key(candidate.name, digest) == partition_key:
+            return candidate, digest
     places = ", ".join(c.location for c in named) or "nowhere"
     raise SourceNotFoundError(
         f"no source file has the content of ingest {partition_key}: `{stem}.csv` was found at "

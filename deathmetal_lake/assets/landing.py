@@ -74,7 +74,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
         ingest_id = context.partition_key
         s3_client = s3.get_client()
         try:
-            source = locate(
+            source, digest = locate(
                 ingest_id, local_sources(Path(lake.csv_dir)) + s3_sources(s3_client, lake.bucket)
             )
         except SourceNotFoundError as error:
@@ -91,6 +91,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 kinesis_client=kinesis.get_client(),
                 s3_client=s3_client,
                 bucket=lake.bucket,
+                expected_hash=digest,
             )
         except (SourceFileError, DeliveryError) as error:
             raise Failure(str(error)) from error
@@ -114,7 +115,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 "parse_error_rows": report.parse_error_rows,
                 "oversize_rows": len(report.oversize_rows),
                 "oversize_error_objects": MetadataValue.json(
-                    {str(row.source_row): row.key for row in report.oversize_rows}
+                    {str(row["source_row"]): row["key"] for row in report.oversize_rows}
                 ),
                 "bytes_sent": report.bytes,
                 "records": report.records,

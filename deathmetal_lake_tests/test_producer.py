@@ -1,0 +1,591 @@
+"""The producer against Kinesis and S3 on an in-process moto server: what is sent comes back."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import threading
+import tracemalloc
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from deathmetal_lake.datasets import DATASETS_BY_NAME, Dataset
+from deathmetal_lake.producer import (
+    MAX_CALL_BYTES,
+    MAX_CALL_RECORDS,
+    MAX_RECORD_BYTES,
+    DeliveryError,
+    IngestReport,
+    RetryPolicy,
+    RowEncoder,
+    SourceFileError,
+    ingest,
+    preflight,
+)
+from deathmetal_lake.sources import ingest_key
+
+BUCKET = "csv-batch-bucket"
+REVIEWS = DATASETS_BY_NAME["reviews"]
+ALBUMS = DATASETS_BY_NAME["albums"]
+FAST_RETRY = RetryPolicy(max_attempts=10, base_seconds=0.001, cap_seconds=0.01)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@dataclass
+class Aws:
+    kinesis: Any
+    s3: Any
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Aws:
+    """Fresh emulator state with the bucket and 2-shard streams; a user's real AWS is kept out."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    urllib.request.urlopen(
+        urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    ).close()
+    options = {
+        "endpoint_url": moto_endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+    }
+    kinesis = boto3.client("kinesis", **options)
+    s3 = boto3.client("s3", **options)
+    s3.create_bucket(Bucket=BUCKET)
+    for dataset in (REVIEWS, ALBUMS):
+        kinesis.create_stream(StreamName=dataset.stream_name, ShardCount=2)
+    return Aws(kinesis, s3)
+
+
+def read_stream(kinesis: Any, stream: str) -> dict[str, list[bytes]]:
+    """Every record's data on the stream, by shard, read from the start."""
+    shards = kinesis.list_shards(StreamName=stream)["Shards"]
+    found: dict[str, list[bytes]] = {}
+    for shard in shards:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        data = found.setdefault(shard["ShardId"], [])
+        while records := (response := kinesis.get_records(ShardIterator=iterator))["Records"]:
+            data.extend(record["Data"] for record in records)
+            iterator = response["NextShardIterator"]
+    return found
+
+
+def read_stream_records(aws: Aws) -> list[bytes]:
+    """Every record on the reviews stream."""
+    return [d for shard in read_stream(aws.kinesis, REVIEWS.stream_name).values() for d in shard]
+
+
+def landed_lines(kinesis: Any, dataset: Dataset = REVIEWS) -> list[dict[str, Any]]:
+    """The JSON lines on the stream. Every record must hold whole lines, each ending in `\\n`."""
+    lines = []
+    for records in read_stream(kinesis, dataset.stream_name).values():
+        for data in records:
+            assert data.endswith(b"\n")
+            lines.extend(json.loads(line) for line in data.decode().split("\n")[:-1])
+    return lines
+
+
+def by_row(lines: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Lines by `_source_row`, checking each row arrived exactly once."""
+    rows = [line["_source_row"] for line in lines]
+    assert len(rows) == len(set(rows)), "a row arrived more than once"
+    return {line["_source_row"]: line for line in lines}
+
+
+def csv_bytes(rows: list[list[str]], *, line_end: str = "\n", bom: bool = False) -> bytes:
+    text = io.StringIO()
+    csv.writer(text, lineterminator=line_end).writerows(rows)
+    return (b"\xef\xbb\xbf" if bom else b"") + text.getvalue().encode()
+
+
+def run_ingest(
+    aws: Aws,
+    tmp_path: Path,
+    data: bytes,
+    *,
+    dataset: Dataset = REVIEWS,
+    source_file: str = "reviews.csv",
+    kinesis: Any = None,
+    **options: Any,
+) -> IngestReport:
+    """Ingest `data` as a file dropped under `source_file`."""
+    path = tmp_path / source_file
+    path.write_bytes(data)
+    return ingest(
+        lambda: path.open("rb"),
+        dataset=dataset,
+        source_file=source_file,
+        ingest_id=ingest_key(source_file, hashlib.sha256(data).hexdigest()),
+        kinesis_client=kinesis or aws.kinesis,
+        s3_client=aws.s3,
+        bucket=BUCKET,
+        **options,
+    )
+
+
+TRICKY_VALUES = [
+    "quoted, commas, inside",
+    'a "doubled" quote and a lone " one',
+    "CRLF\r\nline ends\r\ninside",
+    "LF\nline ends\n",
+    "mixed\r\nand\nand\r\n",
+    "",
+    "  leading and trailing spaces  ",
+    "Ünholy Nödtveidt — «Мрак» 死 🤘",
+    "backslash \\ tab \t and \\n literal",
+    "line separator \u2028 and \u0085 next-line",
+    '""',
+    ",",
+]
+
+
+def test_every_row_arrives_once_with_values_byte_for_byte(aws: Aws, tmp_path: Path) -> None:
+    header = ["Content ", " SCORE", "id", "title", "album", "Reviewer"]  # reordered, extra column
+    rows = [
+        [value, str(i % 101), str(i), f"title {i}", str(1000 + i), f"reviewer {i}"]
+        for i, value in enumerate(TRICKY_VALUES * 20, 1)
+    ]
+    data = csv_bytes([header, *rows], line_end="\r\n", bom=True)
+
+    report = run_ingest(aws, tmp_path, data)
+
+    content_hash = hashlib.sha256(data).hexdigest()
+    ingest_id = f"reviews-{content_hash[:12]}"
+    lines = by_row(landed_lines(aws.kinesis))
+    assert sorted(lines) == list(range(1, len(rows) + 1))
+    for row_no, row in enumerate(rows, 1):
+        assert lines[row_no] == {
+            "content": row[0],
+            "score": row[1],
+            "id": row[2],
+            "title": row[3],
+            "album": row[4],
+            "reviewer": row[5],
+            "_source_file": "reviews.csv",
+            "_source_row": row_no,
+            "_ingest_id": ingest_id,
+        }
+    assert report.rows == report.rows_sent == len(rows)
+    assert report.content_hash == content_hash
+    assert report.columns == ("content", "score", "id", "title", "album", "reviewer")
+    assert report.source_bytes == len(data)
+    assert (report.parse_error_rows, report.oversize_rows, report.resent_records) == (0, (), 0)
+    assert report.bytes == sum(map(len, read_stream_records(aws)))
+
+
+def test_lines_are_compact_utf8_json(aws: Aws, tmp_path: Path) -> None:
+    data = csv_bytes([["id", "band", "title", "year"], ["1", "Nödtveidt", 'Storm "of" Bane', "95"]])
+
+    report = run_ingest(aws, tmp_path, data, dataset=ALBUMS, source_file="albums.csv")
+
+    [record] = [d for shard in read_stream(aws.kinesis, ALBUMS.stream_name).values() for d in shard]
+    expected = (
+        '{"id":"1","band":"Nödtveidt","title":"Storm \\"of\\" Bane","year":"95",'
+        f'"_source_file":"albums.csv","_source_row":1,"_ingest_id":"{report.ingest_id}"}}\n'
+    )
+    assert record == expected.encode()
+
+
+def test_source_can_be_an_s3_object(aws: Aws) -> None:
+    data = csv_bytes([["id", "album", "title", "score", "content"], ["7", "3", "t", "90", "a,\nb"]])
+    aws.s3.put_object(Bucket=BUCKET, Key="raw/reviews.csv", Body=data)
+
+    report = ingest(
+        lambda: aws.s3.get_object(Bucket=BUCKET, Key="raw/reviews.csv")["Body"],
+        dataset=REVIEWS,
+        source_file="reviews.csv",
+        ingest_id="reviews-s3",
+        kinesis_client=aws.kinesis,
+        s3_client=aws.s3,
+        bucket=BUCKET,
+    )
+
+    assert report.rows == 1
+    [line] = landed_lines(aws.kinesis)
+    assert line["content"] == "a,\nb"
+
+
+HEADER = b"id,album,title,score,content\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b"", "reviews.csv: the file is empty (0 bytes)", id="empty-file"),
+        pytest.param(b"\n1,2,3,4,5\n", "reviews.csv: no header: line 1 is empty", id="no-header"),
+        pytest.param(
+            b"id,album,title,content\n1,2,t,c\n",
+            "reviews.csv: header (line 1): missing required column(s) score",
+            id="missing-column",
+        ),
+        pytest.param(
+            b"id,album,title,score,content,ID\n1,2,t,3,c,1\n",
+            "reviews.csv: header (line 1): duplicate column(s) id",
+            id="duplicate-column",
+        ),
+        pytest.param(
+            HEADER + b'1,1,a,1,"two\nlines"\n2,1,b,2,ok\n3,1,Mot\xf6rhead,3,latin-1\n',
+            "reviews.csv: not UTF-8: byte 0xF6 at byte offset 67 (line 5, data row 3): "
+            "invalid start byte",
+            id="latin-1-in-row-3",
+        ),
+        pytest.param(
+            HEADER + b"1,1,a,1,ok\n2,1,b,2,\xe2\x82",
+            "reviews.csv: not UTF-8: byte 0xE2 at byte offset 48 (line 3, data row 2): "
+            "the file ends mid-character",
+            id="truncated-character",
+        ),
+        pytest.param(
+            HEADER + b'1,1,a,1,"fine ""quoted"" value"\n2,1,b,2,ok\n3,1,c,3,"never\nclosed\n',
+            "reviews.csv: unterminated quote: the quoted field in data row 3 (from line 4) is "
+            "never closed",
+            id="unterminated-quote",
+        ),
+    ],
+)
+def test_whole_file_problems_stop_the_file_before_sending(
+    aws: Aws, tmp_path: Path, data: bytes, expected: str
+) -> None:
+    with pytest.raises(SourceFileError) as raised:
+        run_ingest(aws, tmp_path, data)
+
+    assert str(raised.value).startswith(expected)
+    assert read_stream_records(aws) == []
+
+
+def test_utf8_is_checked_across_chunk_boundaries() -> None:
+    """A character cut in two between reads (at 1 MiB) is fine; a bad byte's offset is exact."""
+    start = HEADER + b"1,1,t,1,"
+    data = start + b"x" * ((1 << 20) - 1 - len(start)) + "ö".encode() + b"\n"
+    info = preflight(lambda: io.BytesIO(data), dataset=REVIEWS, source_file="reviews.csv")
+    assert info.byte_size == len(data) == (1 << 20) + 2
+
+    broken = data + b"2,1,t,2,caf\xe9\n"
+    with pytest.raises(SourceFileError) as raised:
+        preflight(lambda: io.BytesIO(broken), dataset=REVIEWS, source_file="reviews.csv")
+    offset = len(data) + len(b"2,1,t,2,caf")
+    assert f"byte 0xE9 at byte offset {offset} (line 3, data row 2)" in str(raised.value)
+
+
+def test_header_only_file_ingests_zero_rows(aws: Aws, tmp_path: Path) -> None:
+    report = run_ingest(aws, tmp_path, HEADER + b"\r\n\n")
+
+    assert (report.rows, report.records, report.put_calls) == (0, 0, 0)
+    assert landed_lines(aws.kinesis) == []
+
+
+def test_bad_rows_are_sent_raw_with_a_reason(aws: Aws, tmp_path: Path) -> None:
+    data = (
+        HEADER
+        + b"1,1,a,1,ok\r\n"
+        + b'2,1,b,2,"too, many",x,"y\r\nz"\r\n'
+        + b"3,1,c\r\n"
+        + b"\r\n"
+        + b'4,1,"bad"quote,4,x\r\n'
+        + b"5,1,e,5,ok\r\n"
+        + b"\r\n\n"
+    )
+
+    report = run_ingest(aws, tmp_path, data)
+
+    lines = by_row(landed_lines(aws.kinesis))
+    assert sorted(lines) == [1, 2, 3, 4, 5, 6]
+    assert lines[1]["content"] == "ok" and lines[6]["content"] == "ok"
+    assert "_raw" not in lines[1] and "_parse_error" not in lines[6]
+    provenance = {"_source_file": "reviews.csv", "_ingest_id": report.ingest_id}
+    assert lines[2] == {
+        **provenance,
+        "_source_row": 2,
+        "_raw": '2,1,b,2,"too, many",x,"y\r\nz"',
+        "_parse_error": "expected 5 fields, found 7",
+    }
+    assert lines[3] == {
+        **provenance,
+        "_source_row": 3,
+        "_raw": "3,1,c",
+        "_parse_error": "expected 5 fields, found 3",
+    }
+    assert lines[4] == {**provenance, "_source_row": 4, "_raw": "", "_parse_error": "empty line"}
+    assert lines[5]["_raw"] == '4,1,"bad"quote,4,x'
+    assert lines[5]["_parse_error"].startswith("CSV error: ")
+    assert (report.rows, report.parse_error_rows) == (6, 4)
+
+
+def test_literal_quotes_in_unquoted_fields_are_not_taken_for_an_open_quote(
+    aws: Aws, tmp_path: Path
+) -> None:
+    data = HEADER + b'1,1,12" vinyl,1,ok\n2,1,b,2,"a ""quoted"" word"\n'
+
+    report = run_ingest(aws, tmp_path, data)
+
+    lines = by_row(landed_lines(aws.kinesis))
+    assert (lines[1]["title"], lines[2]["content"]) == ('12" vinyl', 'a "quoted" word')
+    assert report.parse_error_rows == 0
+
+
+class ThrottlingKinesis:
+    """A real Kinesis client, except that PutRecords reports some entries as throttled.
+
+    moto never fails single entries; AWS does under load. Entry i of call n fails when
+    (n + i) % fail_every == 0: a fifth of each call by default, every entry with fail_every=1.
+    Calls are forwarded one at a time: moto's Kinesis loses records under concurrent writes.
+    """
+
+    def __init__(self, client: Any, *, fail_every: int = 5):
+        self._client = client
+        self._fail_every = fail_every
+        self._calls = itertools.count()
+        self._lock = threading.Lock()
+        self.failed_entries = 0
+
+    def put_records(self, *, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        with self._lock:
+            call = next(self._calls)
+            failing = {i for i in range(len(Records)) if (call + i) % self._fail_every == 0}
+            self.failed_entries += len(failing)
+            passed = [entry for i, entry in enumerate(Records) if i not in failing]
+            results = iter(
+                self._client.put_records(StreamName=StreamName, Records=passed)["Records"]
+                if passed
+                else []
+            )
+        throttled = {
+            "ErrorCode": "ProvisionedThroughputExceededException",
+            "ErrorMessage": f"Rate exceeded for shard shardId-000000000001 in stream {StreamName} "
+            "under account 123456789012.",
+        }
+        return {
+            "FailedRecordCount": len(failing),
+            "Records": [throttled if i in failing else next(results) for i in range(len(Records))],
+        }
+
+
+def review_rows(count: int, content_size: int = 300) -> list[list[str]]:
+    return [
+        [str(i), str(i % 97), f"title {i}", str(i % 101), f"review {i}, " + "x" * content_size]
+        for i in range(1, count + 1)
+    ]
+
+
+def test_throttled_entries_are_resent_until_every_row_arrived_once(
+    aws: Aws, tmp_path: Path
+) -> None:
+    rows = review_rows(2000)
+    throttling = ThrottlingKinesis(aws.kinesis)
+
+    report = run_ingest(
+        aws,
+        tmp_path,
+        csv_bytes([["id", "album", "title", "score", "content"], *rows]),
+        kinesis=throttling,
+        retry=FAST_RETRY,
+        max_record_bytes=4096,
+        max_in_flight=3,
+    )
+
+    lines = by_row(landed_lines(aws.kinesis))
+    assert sorted(lines) == list(range(1, len(rows) + 1))
+    assert all(lines[i + 1]["content"] == row[4] for i, row in enumerate(rows))
+    assert report.resent_records == throttling.failed_entries > 0
+    assert report.records == len(read_stream_records(aws))
+
+
+@pytest.mark.parametrize("fail_every", [5, 1], ids=["a-fifth-throttled", "all-throttled"])
+def test_rows_not_delivered_within_the_budget_raise(
+    aws: Aws, tmp_path: Path, fail_every: int
+) -> None:
+    rows = review_rows(2000)
+
+    with pytest.raises(DeliveryError) as raised:
+        run_ingest(
+            aws,
+            tmp_path,
+            csv_bytes([["id", "album", "title", "score", "content"], *rows]),
+            kinesis=ThrottlingKinesis(aws.kinesis, fail_every=fail_every),
+            retry=RetryPolicy(max_attempts=1),
+            max_record_bytes=4096,
+            max_in_flight=2,
+        )
+
+    error = raised.value
+    arrived = by_row(landed_lines(aws.kinesis))
+    assert error.rows_not_sent == len(rows) - len(arrived) > 0
+    if fail_every == 1:
+        assert error.rows_not_sent == len(rows)
+    assert error.error_code == "ProvisionedThroughputExceededException"
+    assert str(error).startswith(
+        f"reviews.csv: {error.rows_not_sent:,} of {len(rows):,} rows were not delivered"
+    )
+    assert "ProvisionedThroughputExceededException: Rate exceeded for shard" in str(error)
+
+
+class RecordingKinesis:
+    """A real Kinesis client that records the size of every PutRecords call (one at a time)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self._lock = threading.Lock()
+        self.calls: list[list[tuple[int, int]]] = []  # per call: (data bytes, key bytes)
+
+    def put_records(self, *, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        with self._lock:
+            self.calls.append([(len(r["Data"]), len(r["PartitionKey"].encode())) for r in Records])
+            return self._client.put_records(StreamName=StreamName, Records=Records)
+
+
+def test_records_and_calls_stay_within_kinesis_limits(aws: Aws, tmp_path: Path) -> None:
+    rows = review_rows(6000, content_size=2000)
+    huge = ["3001", "1", "huge", "50", "y" * (MAX_RECORD_BYTES + 10)]
+    rows[3000] = huge
+    recording = RecordingKinesis(aws.kinesis)
+
+    report = run_ingest(
+        aws,
+        tmp_path,
+        csv_bytes([["id", "album", "title", "score", "content"], *rows]),
+        kinesis=recording,
+        max_in_flight=2,
+    )
+
+    sizes = [size for call in recording.calls for size in call]
+    assert all(data + key <= MAX_RECORD_BYTES for data, key in sizes)
+    assert max(data + key for data, key in sizes) > MAX_RECORD_BYTES - 5000  # records are filled
+    assert all(len(call) <= MAX_CALL_RECORDS for call in recording.calls)
+    assert all(sum(d + k for d, k in call) <= MAX_CALL_BYTES for call in recording.calls)
+    assert report.put_calls == len(recording.calls) < report.records
+
+    shards = read_stream(aws.kinesis, REVIEWS.stream_name)
+    assert all(shards.values()), "records are spread over both shards"
+    lines = by_row(landed_lines(aws.kinesis))
+    assert sorted(lines) == [n for n in range(1, len(rows) + 1) if n != 3001]
+
+    key = f"errors/reviews/producer/{report.ingest_id}/row-3001.json"
+    assert [(r["source_row"], r["key"]) for r in report.oversize_rows] == [(3001, key)]
+    body = aws.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    error = json.loads(body)
+    assert error["reason"].startswith("the row's JSON line is ")
+    assert (error["_source_file"], error["_source_row"], error["_ingest_id"]) == (
+        "reviews.csv",
+        3001,
+        report.ingest_id,
+    )
+    assert error["bytes"] == report.oversize_rows[0]["bytes"] == len(error["line"].encode()) + 1
+    assert json.loads(error["line"])["content"] == huge[4]
+    assert report.rows == len(rows) == report.rows_sent + 1
+
+
+def test_calls_hold_at_most_500_records(aws: Aws, tmp_path: Path) -> None:
+    rows = [[str(i), str(i), f"t{i}", "1999"] for i in range(1, 1301)]
+    recording = RecordingKinesis(aws.kinesis)
+
+    report = run_ingest(
+        aws,
+        tmp_path,
+        csv_bytes([["id", "band", "title", "year"], *rows]),
+        dataset=ALBUMS,
+        source_file="albums.csv",
+        kinesis=recording,
+        max_record_bytes=200,
+        max_in_flight=2,
+    )
+
+    assert [len(call) for call in recording.calls] == [500, 500, 300]
+    assert report.records == 1300
+    assert len(by_row(landed_lines(aws.kinesis, ALBUMS))) == 1300
+
+
+def test_a_file_changed_between_the_two_reads_is_refused(aws: Aws) -> None:
+    versions = iter([HEADER + b"1,1,a,1,first\n", HEADER + b"1,1,a,1,second\n"])
+
+    with pytest.raises(SourceFileError, match="changed while it was being ingested"):
+        ingest(
+            lambda: io.BytesIO(next(versions)),
+            dataset=REVIEWS,
+            source_file="reviews.csv",
+            ingest_id="reviews-x",
+            kinesis_client=aws.kinesis,
+            s3_client=aws.s3,
+            bucket=BUCKET,
+        )
+
+
+def test_expected_hash_is_checked_before_sending(aws: Aws, tmp_path: Path) -> None:
+    with pytest.raises(SourceFileError, match="the file changed after its ingest id was made"):
+        run_ingest(aws, tmp_path, HEADER + b"1,1,a,1,x\n", expected_hash="0" * 64)
+    assert landed_lines(aws.kinesis) == []
+
+
+ROW_TEMPLATE = b'%d,%d,"title, %d",%d,"' + b"z" * 400 + b' ""quoted""\r\nsecond line"\n'
+
+
+class GeneratedCsv(io.RawIOBase):
+    """A large reviews CSV made on the fly, so that the input itself takes no memory."""
+
+    def __init__(self, rows: int):
+        self._rows = iter(range(1, rows + 1))
+        self._pending = HEADER
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while len(self._pending) < len(buffer):
+            chunk = b"".join(
+                ROW_TEMPLATE % (i, i, i, i % 101) for i in itertools.islice(self._rows, 200)
+            )
+            if not chunk:
+                break
+            self._pending += chunk
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        self.size += n
+        return n
+
+
+def test_preflight_and_encoder_stream_in_bounded_memory() -> None:
+    rows = 50_000  # about 23 MB
+    opened: list[GeneratedCsv] = []
+
+    def open_source() -> BinaryIO:
+        opened.append(GeneratedCsv(rows))
+        return io.BufferedReader(opened[-1])
+
+    tracemalloc.start()
+    try:
+        info = preflight(open_source, dataset=REVIEWS, source_file="reviews.csv")
+        encoder = RowEncoder(info.header, source_file="reviews.csv", ingest_id="reviews-x")
+        with open_source() as source:
+            json_bytes = sum(map(len, encoder.lines(source)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert encoder.rows == rows
+    assert opened[0].size == info.byte_size > 20_000_000
+    assert json_bytes > info.byte_size
+    assert peak < 4_000_000, f"peak {peak:,} bytes for a {info.byte_size:,}-byte file"
