@@ -29,6 +29,7 @@ class LakeResource(ConfigurableResource):
     embedded_port: int
     embedded_buffer_seconds: int
     landing_timeout_seconds: float
+    put_records_max_attempts: int
 
     @classmethod
     def from_settings(cls, settings: LakeSettings) -> "LakeResource":
@@ -41,6 +42,7 @@ class LakeResource(ConfigurableResource):
             embedded_port=settings.embedded_port,
             embedded_buffer_seconds=settings.embedded_buffer_seconds,
             landing_timeout_seconds=settings.landing_timeout_seconds,
+            put_records_max_attempts=settings.put_records_max_attempts,
         )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:

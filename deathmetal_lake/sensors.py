@@ -33,6 +33,9 @@ from deathmetal_lake.resources import LakeResource, LakeS3Resource
 from deathmetal_lake.sources import SourceFile, content_hash, ingest_key, local_sources, s3_sources
 
 KNOWN_NAMES = ", ".join(f"{d.name}.csv or {d.name}_<anything>.csv" for d in DATASETS)
+# What the sensors' runs materialize. Dagster refuses a sensor's run requests unless the sensor
+# declares a target, and it resolves each request's asset subset against this selection.
+INGEST_ASSETS = [key for d in DATASETS for key in (landing_key(d), bronze_key(d))]
 
 
 @dataclass
@@ -66,6 +69,7 @@ def plan_ingests(
     present = {source.location for source in sources}
     cursor.seen = {loc: fp for loc, fp in cursor.seen.items() if loc in present}
     cursor.pending = {loc: fp for loc, fp in cursor.pending.items() if loc in present}
+    cursor.unknown = [loc for loc in cursor.unknown if loc in present]
     for source in sources:
         dataset = source.dataset
         if dataset is None:
@@ -115,13 +119,21 @@ def _evaluate(context: SensorEvaluationContext, sources: list[SourceFile]) -> Se
     )
 
 
-@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
+@sensor(
+    asset_selection=INGEST_ASSETS,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+)
 def csv_dir_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
     """Ingests new or changed `{dataset}.csv` / `{dataset}_*.csv` files in LAKE_CSV_DIR."""
     return _evaluate(context, local_sources(Path(lake.csv_dir)))
 
 
-@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.STOPPED)
+@sensor(
+    asset_selection=INGEST_ASSETS,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.STOPPED,
+)
 def s3_raw_sensor(
     context: SensorEvaluationContext, lake: LakeResource, s3: LakeS3Resource
 ) -> SensorResult:

@@ -21,7 +21,7 @@ from dagster import (
 from deathmetal_lake.arrival import DeliveryTimeoutError, wait_for_delivery
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
-from deathmetal_lake.producer import DeliveryError, SourceFileError, ingest
+from deathmetal_lake.producer import DeliveryError, RetryPolicy, SourceFileError, ingest
 from deathmetal_lake.resources import (
     FirehoseResource,
     KinesisResource,
@@ -92,6 +92,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 s3_client=s3_client,
                 bucket=lake.bucket,
                 expected_hash=digest,
+                retry=RetryPolicy(max_attempts=lake.put_records_max_attempts),
             )
         except (SourceFileError, DeliveryError) as error:
             raise Failure(str(error)) from error
