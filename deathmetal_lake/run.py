@@ -18,6 +18,7 @@ from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.definitions import defs
 from deathmetal_lake.partitions import INGEST_PARTITIONS
+from deathmetal_lake.resources import build_resources
 from deathmetal_lake.sensors import Cursor, plan_ingests
 from deathmetal_lake.settings import LakeSettings, load_settings
 from deathmetal_lake.sources import local_sources
@@ -44,7 +45,9 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
         instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
 
     assets = list(defs.assets or [])
-    resources = defs.resources or {}
+    # From the settings given, not `defs.resources` (built from the environment at import), so
+    # a caller with other settings (a test's emulator and folder) gets its own lake.
+    resources = build_resources(settings)
     pending = []
     for dataset_name, partitions in INGEST_PARTITIONS.items():
         dataset = DATASETS_BY_NAME[dataset_name]

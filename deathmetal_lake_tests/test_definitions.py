@@ -86,10 +86,10 @@ def test_ingest_layers_are_partitioned_by_their_datasets_ingests(asset_graph) ->
         assert asset_graph.get(AssetKey(["bronze", dataset])).partitions_def is landing
 
 
-def test_silver_and_gold_follow_upstream_and_ingests_do_not(asset_graph) -> None:
+def test_everything_below_landing_follows_upstream(asset_graph) -> None:
     for key in asset_graph.get_all_asset_keys():
         has_condition = asset_graph.get(key).automation_condition is not None
-        assert has_condition == (key not in INGEST_ASSETS), key
+        assert has_condition == (key.path[0] != "landing"), key
 
 
 def test_sensors_their_targets_and_default_statuses(asset_graph) -> None:
@@ -105,7 +105,7 @@ def test_sensors_their_targets_and_default_statuses(asset_graph) -> None:
         assert selection.resolve(asset_graph) == INGEST_ASSETS, name
     automation = defs.resolve_sensor_def("lake_automation_sensor")
     assert isinstance(automation, AutomationConditionSensorDefinition)
-    automated = {k for k in asset_graph.get_all_asset_keys() if k not in INGEST_ASSETS}
+    automated = {k for k in asset_graph.get_all_asset_keys() if k.path[0] != "landing"}
     assert automated <= automation.asset_selection.resolve(asset_graph)
 
 

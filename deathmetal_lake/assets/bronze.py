@@ -13,6 +13,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
+    AutomationCondition,
     Failure,
     Output,
     asset,
@@ -68,6 +69,8 @@ def build_bronze_asset(dataset: Dataset) -> AssetsDefinition:
         kinds={"polars", "parquet", "s3"},
         owners=["team:data-platform"],
         metadata={"compression": "snappy"},
+        # A landing partition materialized on its own (from the UI, say) brings its bronze along.
+        automation_condition=AutomationCondition.eager(),
         description=(
             f"`{dataset.name}` rows of one ingest exactly once: every source column as text plus "
             f"{', '.join(PROVENANCE_COLUMNS)}. At `bronze/{dataset.name}/<ingest>.parquet`."

@@ -24,7 +24,7 @@ from dagster import (
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.lineage import column_lineage
-from deathmetal_lake.automation import follow_upstream
+from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.transforms import silver as transforms
@@ -63,7 +63,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
                     f"At `silver/{dataset.name}.parquet`."
                 ),
                 metadata={"descriptions": transforms.SILVER_COLUMN_DESCRIPTIONS[dataset.name]},
-                automation_condition=follow_upstream(),
+                automation_condition=follow_ingests(),
                 dagster_type=pl.LazyFrame,
             ),
             "quarantine": AssetOut(
@@ -75,7 +75,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
                     f"`{dataset.name}` rows that broke a rule, with every bronze column and "
                     f"`_reject_reason`. At `quarantine/{dataset.name}.parquet`."
                 ),
-                automation_condition=follow_upstream(),
+                automation_condition=follow_ingests(),
                 dagster_type=pl.LazyFrame,
             ),
         },

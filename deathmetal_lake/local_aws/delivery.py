@@ -47,6 +47,7 @@ class _Delivery:
     buffered_bytes: int = 0
     first_buffered_at: float | None = None
     objects: int = 0
+    deleted: bool = False
 
 
 class FirehoseDelivery:
@@ -90,7 +91,11 @@ class FirehoseDelivery:
             if request.get("DeliveryStreamType") == KINESIS_SOURCE:
                 self._start(request["DeliveryStreamName"])
         elif target == "Firehose_20150804.DeleteDeliveryStream":
-            self._deliveries.pop(json.loads(entry.body)["DeliveryStreamName"], None)
+            deleted = self._deliveries.pop(json.loads(entry.body)["DeliveryStreamName"], None)
+            if deleted is not None:
+                # A pass already under way stops reading: it would deliver records put after the
+                # deletion and checkpoint them into a new delivery stream of the same name.
+                deleted.deleted = True
         elif entry.method == "PUT" and (checkpoint := entry.header(_CHECKPOINT_HEADER)):
             state = json.loads(checkpoint)
             delivery = self._deliveries.get(state["delivery_stream"])
@@ -159,6 +164,8 @@ class FirehoseDelivery:
         interval = float(hints.get("IntervalInSeconds", 300))
         while True:
             more = self._read(delivery, stream, size_limit)
+            if delivery.deleted:
+                return
             while delivery.buffered_bytes >= size_limit:
                 self._flush(delivery, destination, version, size_limit)
             age = time.monotonic() - (delivery.first_buffered_at or time.monotonic())
@@ -170,6 +177,8 @@ class FirehoseDelivery:
     def _read(self, delivery: _Delivery, stream: Any, size_limit: int) -> bool:
         """Move new records into the buffer, up to about one object; True if more are waiting."""
         with self.lock:
+            if delivery.deleted:
+                return False
             for shard_id, shard in self._source_shards(stream).items():
                 position = delivery.read.get(shard_id, 0)
                 last = shard.get_max_sequence_number()

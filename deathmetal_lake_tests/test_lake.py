@@ -1,0 +1,882 @@
+"""End-to-end: the whole lake over the committed sample on the embedded AWS, no mocks.
+
+One module-scoped lake (its own emulator, Dagster instance and copy of `csv/`) is built once with
+`run_lake`, what `make run` does, and the tests read it back layer by layer through S3. The tests
+run in file order: the first ones check the lake as the sample built it; the later ones change the
+source folder (a new file version, an increment, broken files) and check what that does.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
+from polars.testing import assert_frame_equal
+from pyarrow.fs import S3FileSystem
+
+from deathmetal_lake.local_aws import ensure_running, stop
+from deathmetal_lake.run import run_lake
+from deathmetal_lake.settings import LakeSettings
+from deathmetal_lake.transforms.gold import DEFAULT_PRIOR_WEIGHT
+from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, aws_client, make_settings
+
+DATASETS = ("albums", "bands", "reviews")
+COLUMNS = {
+    "albums": ("id", "band", "title", "year"),
+    "bands": ("id", "name", "country", "status", "formed_in", "genre", "theme", "active"),
+    "reviews": ("id", "album", "title", "score", "content"),
+}
+PROVENANCE = ("_source_file", "_source_row", "_ingest_id")
+SILVER_TABLES = ("albums", "bands", "reviews", "music_catalog", "album_reviews")
+GOLD_TABLES = (
+    "band_avg_scores",
+    "top10_by_country",
+    "brazilian_bands",
+    "band_album_counts",
+    "album_rankings",
+    "genre_by_decade",
+)
+BRAZIL = "Brazil"
+TOP_PER_COUNTRY = 10
+
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------------------------------------
+# The module's lake
+
+
+@dataclass
+class Lake:
+    settings: LakeSettings
+    instance: DagsterInstance
+    s3: Any
+    # Sample file name -> its ingest id (partition key), computed here from the file's bytes.
+    sample_ingests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def csv_dir(self) -> Path:
+        return self.settings.csv_dir
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket
+
+
+def ingest_id(path: Path) -> str:
+    """The contract's partition key: `{file stem}-{first 12 hex of the content's sha256}`."""
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
+    root = tmp_path_factory.mktemp("lake")
+    csv_dir = root / "csv"
+    shutil.copytree(SAMPLE_CSV_DIR, csv_dir)
+    settings = make_settings(root / "state", csv_dir=csv_dir)
+    with pytest.MonkeyPatch.context() as env:
+        # conftest's isolation is per test; this lake outlives a test, so isolate it too.
+        for name in list(os.environ):
+            if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
+                env.delenv(name)
+        env.setenv("AWS_CONFIG_FILE", str(root / "no-aws-config"))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(root / "no-aws-credentials"))
+        ensure_running(settings)
+        try:
+            settings.instance_dir.mkdir(parents=True, exist_ok=True)
+            with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+                ok = run_lake(settings, instance)
+                # Every test reads this lake: a failed build errors them all, not misleads them.
+                assert ok, "run_lake failed over the sample; the Dagster log above says why"
+                yield Lake(
+                    settings=settings,
+                    instance=instance,
+                    s3=aws_client(settings, "s3"),
+                    sample_ingests={
+                        f"{name}.csv": ingest_id(csv_dir / f"{name}.csv") for name in DATASETS
+                    },
+                )
+        finally:
+            stop(settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the sources and the lake back
+
+
+def csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and data rows as Python's csv module reads them (RFC 4180, newline='')."""
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """As the generator writes: QUOTE_MINIMAL, records ending with LF."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def list_keys(lake: Lake, prefix: str) -> list[str]:
+    keys = []
+    for page in lake.s3.get_paginator("list_objects_v2").paginate(
+        Bucket=lake.bucket, Prefix=prefix
+    ):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def get_bytes(lake: Lake, key: str) -> bytes:
+    return lake.s3.get_object(Bucket=lake.bucket, Key=key)["Body"].read()
+
+
+def landing_lines(lake: Lake, dataset: str) -> dict[str, list[dict[str, Any]]]:
+    """Every landing line of a dataset, by object key: the objects split on LF, as JSON."""
+    return {
+        key: [json.loads(line) for line in get_bytes(lake, key).split(b"\n") if line]
+        for key in list_keys(lake, f"landing/{dataset}/")
+    }
+
+
+def lines_of_ingest(lake: Lake, dataset: str, ingest: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for lines in landing_lines(lake, dataset).values()
+        for line in lines
+        if line["_ingest_id"] == ingest
+    ]
+
+
+def read_parquet(lake: Lake, key: str) -> pl.DataFrame:
+    return pl.read_parquet(io.BytesIO(get_bytes(lake, key)))
+
+
+def silver(lake: Lake, table: str) -> pl.DataFrame:
+    return read_parquet(lake, f"silver/{table}.parquet")
+
+
+def quarantine(lake: Lake, dataset: str) -> pl.DataFrame:
+    return read_parquet(lake, f"quarantine/{dataset}.parquet")
+
+
+def gold(lake: Lake, table: str) -> pl.DataFrame:
+    return read_parquet(lake, f"gold/{table}.parquet")
+
+
+def bronze(lake: Lake, dataset: str, ingest: str) -> pl.DataFrame:
+    return read_parquet(lake, f"bronze/{dataset}/{ingest}.parquet")
+
+
+def partitions(lake: Lake, dataset: str) -> list[str]:
+    return lake.instance.get_dynamic_partitions(f"{dataset}_ingests")
+
+
+def latest_ingests(lake: Lake, dataset: str) -> dict[str, str]:
+    """Source file name -> its latest ingest in bronze (partitions are registered oldest first)."""
+    in_bronze = lake.instance.get_materialized_partitions(AssetKey(["bronze", dataset]))
+    latest = {}
+    for key in partitions(lake, dataset):
+        if key in in_bronze:
+            latest[f"{key.rsplit('-', 1)[0]}.csv"] = key
+    return latest
+
+
+def snapshot(lake: Lake) -> dict[str, pl.DataFrame]:
+    tables = {f"silver/{t}": silver(lake, t) for t in SILVER_TABLES}
+    tables |= {f"quarantine/{d}": quarantine(lake, d) for d in DATASETS}
+    tables |= {f"gold/{t}": gold(lake, t) for t in GOLD_TABLES}
+    return tables
+
+
+def kinesis_data(lake: Lake, dataset: str) -> list[bytes]:
+    """Every record still in the dataset's stream, from the trim horizon of every shard."""
+    kinesis = aws_client(lake.settings, "kinesis")
+    stream = f"{dataset}-stream"
+    data = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            if not response["Records"]:
+                break
+            data += [record["Data"] for record in response["Records"]]
+            iterator = response.get("NextShardIterator")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared assertions
+
+
+def assert_landing_matches_source(lake: Lake, dataset: str, path: Path, ingest: str) -> None:
+    """Landing holds each data row of the file exactly once, every value as in the file."""
+    header, rows = csv_rows(path)
+    assert tuple(header) == COLUMNS[dataset]
+    lines = lines_of_ingest(lake, dataset, ingest)
+    counts = Counter(line["_source_row"] for line in lines)
+    assert len(lines) == len(rows), f"{path.name}: {len(lines)} landing lines, {len(rows)} rows"
+    assert set(counts) == set(range(1, len(rows) + 1))
+    assert set(counts.values()) == {1}, "a source row landed more than once"
+    by_row = {line["_source_row"]: line for line in lines}
+    for number, row in enumerate(rows, start=1):
+        line = by_row[number]
+        assert set(line) == {*header, *PROVENANCE}, f"row {number}: {sorted(line)}"
+        assert line["_source_file"] == path.name
+        assert line["_ingest_id"] == ingest
+        for column, value in zip(header, row, strict=True):
+            assert line[column].encode() == value.encode(), f"row {number} {column}"
+
+
+def assert_invariant(lake: Lake, dataset: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Latest bronze of every file = silver + quarantine, row for row; silver ids unique."""
+    latest = latest_ingests(lake, dataset)
+    bronze_rows = pl.concat(
+        [bronze(lake, dataset, key).select(PROVENANCE) for key in latest.values()]
+    )
+    table, rejected = silver(lake, dataset), quarantine(lake, dataset)
+    assert bronze_rows.height == table.height + rejected.height, dataset
+    assert table["id"].is_unique().all(), f"{dataset}: silver ids are not unique"
+    assert table["id"].null_count() == 0
+    assert rejected["_reject_reason"].null_count() == 0
+    # Not just the counts: every bronze row is in exactly one of the two.
+    accounted = pl.concat([table.select(PROVENANCE), rejected.select(PROVENANCE)])
+    assert_frame_equal(accounted.sort(PROVENANCE), bronze_rows.sort(PROVENANCE))
+    assert set(table["_ingest_id"]) <= set(latest.values())
+    return table, rejected
+
+
+def expected_gold(lake: Lake) -> dict[str, pl.DataFrame]:
+    """Every gold table computed here from the silver base tables the lake wrote."""
+    albums, bands, reviews = silver(lake, "albums"), silver(lake, "bands"), silver(lake, "reviews")
+    band_names = bands.select(
+        pl.col("id").alias("band_id"), pl.col("name").alias("band_name"), "country"
+    )
+
+    band_album_counts = (
+        bands.select(pl.col("id").alias("band_id"), pl.col("name").alias("band_name"))
+        .join(
+            albums.group_by(pl.col("band").alias("band_id")).agg(
+                pl.len().cast(pl.Int64).alias("album_count")
+            ),
+            on="band_id",
+            how="left",
+        )
+        .with_columns(pl.col("album_count").fill_null(0))
+    )
+
+    # Reviews of known albums, by the album's band (which may itself be unknown).
+    by_band = reviews.join(
+        albums.select(pl.col("id").alias("album"), pl.col("band").alias("band_id")),
+        on="album",
+        how="inner",
+    )
+    band_avg_scores = (
+        by_band.group_by("band_id")
+        .agg(
+            pl.len().cast(pl.Int64).alias("review_count"),
+            pl.col("score").mean().alias("mean_score"),
+            pl.col("score").min().alias("min_score"),
+            pl.col("score").max().alias("max_score"),
+            pl.col("score").std(ddof=1).alias("std_score"),
+        )
+        .join(band_names, on="band_id", how="left")
+        .select(
+            "band_id",
+            "band_name",
+            "country",
+            "review_count",
+            "mean_score",
+            "min_score",
+            "max_score",
+            "std_score",
+        )
+    )
+
+    top_rows = []
+    for (country,), group in band_avg_scores.filter(pl.col("country").is_not_null()).group_by(
+        "country"
+    ):
+        ordered = sorted(
+            group.iter_rows(named=True),
+            key=lambda r: (-r["mean_score"], -r["review_count"], r["band_id"]),
+        )
+        for rank, row in enumerate(ordered[:TOP_PER_COUNTRY], start=1):
+            top_rows.append(
+                {
+                    "country": country,
+                    "rank": rank,
+                    "band_id": row["band_id"],
+                    "band_name": row["band_name"],
+                    "mean_score": row["mean_score"],
+                    "review_count": row["review_count"],
+                }
+            )
+    top10_by_country = pl.DataFrame(
+        top_rows,
+        schema={
+            "country": pl.String,
+            "rank": pl.Int64,
+            "band_id": pl.Int64,
+            "band_name": pl.String,
+            "mean_score": pl.Float64,
+            "review_count": pl.Int64,
+        },
+    )
+
+    brazilian_bands = bands.filter(pl.col("country") == BRAZIL).select(
+        pl.col("id").alias("band_id"),
+        pl.col("name").alias("band_name"),
+        "status",
+        "formed_in",
+        "genre",
+        "theme",
+        "active_start_year",
+        "active_end_year",
+        "is_active",
+    )
+
+    # Bayesian average: m = DEFAULT_PRIOR_WEIGHT, C = mean of every (silver) review score.
+    m = DEFAULT_PRIOR_WEIGHT
+    c = reviews["score"].mean()
+    per_album = reviews.group_by(pl.col("album").alias("album_id")).agg(
+        pl.len().cast(pl.Int64).alias("review_count"), pl.col("score").mean().alias("mean_score")
+    )
+    v, r = pl.col("review_count"), pl.col("mean_score")
+    album_rankings = (
+        per_album.with_columns(((v / (v + m)) * r + (m / (v + m)) * c).alias("weighted_score"))
+        .join(
+            albums.select(
+                pl.col("id").alias("album_id"),
+                pl.col("title").alias("album_title"),
+                "year",
+                pl.col("band").alias("band_id"),
+            ),
+            on="album_id",
+            how="inner",
+        )
+        .join(band_names.drop("country"), on="band_id", how="left")
+        .sort("weighted_score", "review_count", "album_id", descending=[True, True, False])
+        .with_row_index("rank", offset=1)
+        .select(
+            pl.col("rank").cast(pl.Int64),
+            "album_id",
+            "album_title",
+            "band_id",
+            "band_name",
+            "year",
+            "review_count",
+            "mean_score",
+            "weighted_score",
+        )
+    )
+
+    genre_by_decade = (
+        albums.filter(pl.col("year").is_not_null())
+        .join(bands.select(pl.col("id").alias("band"), "genre"), on="band", how="inner")
+        .explode("genre", empty_as_null=True)
+        .filter(pl.col("genre").is_not_null())
+        .group_by("genre", ((pl.col("year") // 10) * 10).alias("decade"))
+        .agg(pl.col("id").n_unique().cast(pl.Int64).alias("album_count"))
+    )
+
+    return {
+        "band_album_counts": band_album_counts,
+        "band_avg_scores": band_avg_scores,
+        "top10_by_country": top10_by_country,
+        "brazilian_bands": brazilian_bands,
+        "album_rankings": album_rankings,
+        "genre_by_decade": genre_by_decade,
+    }
+
+
+# Columns each gold table is compared (and sorted) on.
+GOLD_SORT = {
+    "band_album_counts": ["band_id"],
+    "band_avg_scores": ["band_id"],
+    "top10_by_country": ["country", "rank"],
+    "brazilian_bands": ["band_id"],
+    "album_rankings": ["rank"],
+    "genre_by_decade": ["genre", "decade"],
+}
+
+
+def assert_gold_matches_silver(lake: Lake) -> None:
+    expected = expected_gold(lake)
+    assert set(expected) == set(GOLD_TABLES)
+    for table, frame in expected.items():
+        actual = gold(lake, table)
+        assert actual.height > 0, table
+        keys = GOLD_SORT[table]
+        try:
+            assert_frame_equal(
+                actual.sort(keys),
+                frame.select(actual.columns).sort(keys),
+                check_exact=False,
+                rel_tol=1e-9,
+                abs_tol=1e-9,
+            )
+        except AssertionError as error:
+            raise AssertionError(f"gold/{table}: {error}") from error
+    counts = gold(lake, "band_album_counts")
+    assert counts.equals(counts.sort("album_count", "band_id", descending=[True, False]))
+    assert counts.filter(pl.col("album_count") == 0).height > 0, "bands without albums count 0"
+    top10 = gold(lake, "top10_by_country")
+    assert top10.group_by("country").len()["len"].max() <= TOP_PER_COUNTRY
+    assert top10.group_by("country").len()["len"].max() == TOP_PER_COUNTRY, "never full"
+    rankings = gold(lake, "album_rankings")
+    assert rankings["rank"].to_list() == list(range(1, rankings.height + 1))
+    assert rankings["weighted_score"].is_sorted(descending=True)
+    brazil = gold(lake, "brazilian_bands")
+    assert brazil.height > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The first run
+
+
+def test_run_lake_builds_the_whole_lake_from_the_sample(lake: Lake) -> None:
+    for dataset in DATASETS:
+        key = lake.sample_ingests[f"{dataset}.csv"]
+        assert partitions(lake, dataset) == [key]
+        assert lake.instance.get_materialized_partitions(AssetKey(["bronze", dataset])) == {key}
+    for table in SILVER_TABLES:
+        assert lake.instance.get_latest_materialization_event(AssetKey(["silver", table]))
+    for table in GOLD_TABLES:
+        assert lake.instance.get_latest_materialization_event(AssetKey(["gold", table]))
+    runs = lake.instance.get_runs()
+    assert runs and all(run.status == DagsterRunStatus.SUCCESS for run in runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Landing: every source row exactly once, byte for byte
+
+
+def test_sample_has_the_values_that_break_naive_csv_handling(lake: Lake) -> None:
+    """Otherwise the landing test below would prove nothing about them."""
+    values = [
+        value
+        for dataset in DATASETS
+        for row in csv_rows(lake.csv_dir / f"{dataset}.csv")[1]
+        for value in row
+    ]
+    assert any("," in v for v in values), "no quoted comma"
+    assert any('"' in v for v in values), "no quote"
+    assert any("\r\n" in v for v in values), "no embedded CRLF"
+    assert any("\n" in v.replace("\r\n", "") for v in values), "no embedded bare LF"
+    assert any(not v.isascii() for v in values), "no non-ASCII text"
+    raw = (lake.csv_dir / "reviews.csv").read_bytes()
+    assert b'""' in raw and b"\r\n" in raw, "quotes are not doubled / CRLF is not raw in the file"
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_landing_equals_the_source_rows(lake: Lake, dataset: str) -> None:
+    path = lake.csv_dir / f"{dataset}.csv"
+    assert_landing_matches_source(lake, dataset, path, lake.sample_ingests[path.name])
+    for key in list_keys(lake, f"landing/{dataset}/"):
+        assert key.startswith(f"landing/{dataset}/20"), key
+        assert key.split("/")[-1].startswith(f"{dataset}-firehose-"), key
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_landing_materialization_metadata(lake: Lake, dataset: str) -> None:
+    key = lake.sample_ingests[f"{dataset}.csv"]
+    records = lake.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(["landing", dataset]), asset_partitions=[key]),
+        limit=10,
+    ).records
+    assert len(records) == 1
+    metadata = {
+        name: value.value for name, value in records[0].asset_materialization.metadata.items()
+    }
+    rows = len(csv_rows(lake.csv_dir / f"{dataset}.csv")[1])
+    assert {"rows", "records", "put_records_calls", "delivered_objects", "mb_per_second"} <= set(
+        metadata
+    )
+    assert metadata["rows"] == rows
+    assert 1 <= metadata["records"] <= rows
+    assert 1 <= metadata["put_records_calls"] <= metadata["records"]
+    assert metadata["mb_per_second"] > 0
+    delivered = metadata["delivered_objects"]
+    assert sum(delivered.values()) == rows
+    holding = {
+        k
+        for k, lines in landing_lines(lake, dataset).items()
+        if lines and any(line["_ingest_id"] == key for line in lines)
+    }
+    assert set(delivered) == holding
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Bronze: the distinct landing lines of the ingest, as text, with provenance
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_bronze_partition_is_the_distinct_landing_lines(lake: Lake, dataset: str) -> None:
+    key = lake.sample_ingests[f"{dataset}.csv"]
+    table = bronze(lake, dataset, key)
+    for column in COLUMNS[dataset]:
+        assert table.schema[column] == pl.String, column
+    assert table.schema["_source_file"] == pl.String
+    assert table.schema["_ingest_id"] == pl.String
+    assert table.schema["_source_row"].is_integer()
+    lines = lines_of_ingest(lake, dataset, key)
+    distinct = {line["_source_row"]: line for line in lines}
+    numbers = sorted(distinct)  # a Firehose copy of a line would count once here
+    expected = pl.DataFrame(
+        {c: [distinct[n][c] for n in numbers] for c in (*COLUMNS[dataset], *PROVENANCE)},
+        schema_overrides={"_source_row": table.schema["_source_row"]},
+    )
+    assert table.height == len(numbers)
+    assert_frame_equal(table.select(expected.columns).sort("_source_row"), expected)
+    # The sample is well-formed: nothing went to the parse-error columns.
+    extra = [c for c in table.columns if c not in expected.columns]
+    assert set(extra) <= {"_parse_error", "_raw"}
+    for column in extra:
+        assert table[column].null_count() == table.height, column
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The invariant, and the sample's planted duplicates and rule-breakers in quarantine
+
+
+def planted_rejects(dataset: str, rows: list[list[str]]) -> dict[int, str]:
+    """Source row -> reason prefix the generator's deliberate oddities must get (its docstring).
+
+    Rule-breakers (`_INVALID`): bands name "" / formed_in 1850; albums year 1850 / "unknown" /
+    title ""; reviews score 105 / -3 / "". Exact duplicate rows: the earlier copy loses.
+    """
+    columns = COLUMNS[dataset]
+    reasons: dict[int, str] = {}
+    for number, values in enumerate(rows, start=1):
+        row = dict(zip(columns, values, strict=True))
+        if dataset == "bands":
+            if row["name"] == "":
+                reasons[number] = "required field missing: name"
+            elif row["formed_in"] == "1850":
+                reasons[number] = "invalid year: formed_in='1850'"
+        elif dataset == "albums":
+            if row["title"] == "":
+                reasons[number] = "required field missing: title"
+            elif row["year"] in ("1850", "unknown"):
+                reasons[number] = f"invalid year: year='{row['year']}'"
+        elif row["score"] == "":
+            reasons[number] = "required field missing: score"
+        elif row["score"] in ("105", "-3"):
+            reasons[number] = f"invalid score: score='{row['score']}'"
+    last_valid: dict[str, int] = {}
+    for number, values in enumerate(rows, start=1):
+        if number not in reasons:
+            last_valid[values[0]] = number
+    for number, values in enumerate(rows, start=1):
+        if number not in reasons and last_valid[values[0]] != number:
+            reasons[number] = (
+                f"duplicate id: superseded by {dataset}.csv row {last_valid[values[0]]}"
+            )
+    return reasons
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_invariant_and_quarantine_of_the_sample(lake: Lake, dataset: str) -> None:
+    table, rejected = assert_invariant(lake, dataset)
+    rows = csv_rows(lake.csv_dir / f"{dataset}.csv")[1]
+    planted = planted_rejects(dataset, rows)
+    kinds = {reason.split(":")[0] for reason in planted.values()}
+    assert "duplicate id" in kinds, f"{dataset}: the sample plants no duplicate"
+    assert kinds - {"duplicate id"}, f"{dataset}: the sample plants no rule-breaker"
+    found = dict(zip(rejected["_source_row"], rejected["_reject_reason"], strict=True))
+    assert set(found) == set(planted), f"{dataset}: quarantined rows {sorted(found)}"
+    for number, prefix in planted.items():
+        assert found[number].startswith(prefix), (number, found[number], prefix)
+    # Quarantine keeps every bronze column, as text.
+    for column in COLUMNS[dataset]:
+        assert rejected.schema[column] == pl.String
+    # Silver holds every other source row, one per id.
+    assert table.height == len(rows) - len(planted)
+    assert set(table["id"].cast(pl.String)) == {
+        values[0] for number, values in enumerate(rows, 1) if number not in planted
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Gold = an independent computation over silver
+
+
+def test_joins_keep_every_row_of_their_left_table(lake: Lake) -> None:
+    catalog, album_reviews = silver(lake, "music_catalog"), silver(lake, "album_reviews")
+    assert catalog.height == silver(lake, "albums").height
+    assert catalog["album_id"].is_unique().all()
+    assert album_reviews.height == silver(lake, "reviews").height
+    assert album_reviews["review_id"].is_unique().all()
+
+
+def test_gold_matches_an_independent_computation(lake: Lake) -> None:
+    assert_gold_matches_silver(lake)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. An independent reader: pyarrow's own S3 client at the contract's paths
+
+
+def test_pyarrow_reads_every_table_at_the_contract_path(lake: Lake) -> None:
+    fs = S3FileSystem(
+        endpoint_override=lake.settings.aws_endpoint.removeprefix("http://"),
+        scheme="http",
+        access_key="test",
+        secret_key="test",
+        region="us-east-1",
+    )
+    paths = {f"silver/{t}.parquet": silver(lake, t).height for t in SILVER_TABLES}
+    paths |= {f"quarantine/{d}.parquet": quarantine(lake, d).height for d in DATASETS}
+    paths |= {f"gold/{t}.parquet": gold(lake, t).height for t in GOLD_TABLES}
+    bronze_paths = {
+        f"bronze/{d}/{lake.sample_ingests[f'{d}.csv']}.parquet": len(
+            csv_rows(lake.csv_dir / f"{d}.csv")[1]
+        )
+        for d in DATASETS
+    }
+    for path, rows in {**paths, **bronze_paths}.items():
+        assert pq.read_table(f"{lake.bucket}/{path}", filesystem=fs).num_rows == rows, path
+    for path in bronze_paths:
+        with fs.open_input_file(f"{lake.bucket}/{path}") as f:
+            metadata = pq.ParquetFile(f).metadata
+        codecs = {
+            metadata.row_group(g).column(c).compression
+            for g in range(metadata.num_row_groups)
+            for c in range(metadata.num_columns)
+        }
+        assert codecs == {"SNAPPY"}, f"{path}: {codecs}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Idempotency, a new version of a file, and an increment
+
+
+def test_second_run_with_unchanged_files_changes_nothing(lake: Lake) -> None:
+    before = snapshot(lake)
+    keys = {d: partitions(lake, d) for d in DATASETS}
+    runs = lake.instance.get_runs_count()
+    objects = sorted(list_keys(lake, ""))
+    # A touched file with the same content is the same ingest.
+    os.utime(lake.csv_dir / "bands.csv")
+    assert run_lake(lake.settings, lake.instance)
+    assert {d: partitions(lake, d) for d in DATASETS} == keys
+    assert lake.instance.get_runs_count() == runs
+    assert sorted(list_keys(lake, "")) == objects
+    after = snapshot(lake)
+    for name, frame in before.items():
+        assert after[name].equals(frame), name
+
+
+def test_new_file_version_and_increment_update_exactly_their_rows(lake: Lake) -> None:
+    before = snapshot(lake)
+    old_keys = {d: partitions(lake, d) for d in DATASETS}
+
+    # bands.csv, new version: one band renamed, one removed, one added.
+    bands_path = lake.csv_dir / "bands.csv"
+    header, rows = csv_rows(bands_path)
+    old_bands = before["silver/bands"]
+    with_albums = set(before["silver/albums"]["band"])
+    # Two Brazilian bands with albums, neither with a quarantined (duplicate) copy.
+    candidates = old_bands.filter(
+        pl.col("id").is_in(with_albums)
+        & (pl.col("country") == BRAZIL)
+        & ~pl.col("id").cast(pl.String).is_in(before["quarantine/bands"]["id"].implode())
+    )
+    renamed_id, removed_id = candidates["id"].head(2).to_list()
+    new_band_id = max(int(r[0]) for r in rows) + 1
+    new_name = 'Renamed, the "Second" Coming'
+    edited = []
+    for row in rows:
+        if int(row[0]) == removed_id:
+            continue
+        if int(row[0]) == renamed_id:
+            row = [row[0], new_name, *row[2:]]
+        edited.append(row)
+    edited.append(
+        [str(new_band_id), "Newborn Carcass", BRAZIL, "Active", "2025", "Death Metal", "Gore",
+         "2025-present"]
+    )  # fmt: skip
+    write_csv(bands_path, header, edited)
+
+    # reviews_2026-11.csv, an increment: two new reviews and a new version of review 5.
+    reviews_header, review_rows = csv_rows(lake.csv_dir / "reviews.csv")
+    old_review = next(r for r in review_rows if r[0] == "5")
+    next_review_id = max(int(r[0]) for r in review_rows) + 1
+    increment = [
+        [str(next_review_id), "1", 'Fresh, "raw" and\r\nbrutal', "97", "Line one\nline two"],
+        [str(next_review_id + 1), "2", "Meh", "40", "Not my thing, sadly."],
+        ["5", old_review[1], "Revised opinion", "12", "I was wrong.\r\nIt is bad."],
+    ]
+    increment_path = lake.csv_dir / "reviews_2026-11.csv"
+    write_csv(increment_path, reviews_header, increment)
+
+    assert run_lake(lake.settings, lake.instance)
+
+    bands_key, increment_key = ingest_id(bands_path), ingest_id(increment_path)
+    assert partitions(lake, "albums") == old_keys["albums"]
+    assert partitions(lake, "bands") == [*old_keys["bands"], bands_key]
+    assert partitions(lake, "reviews") == [*old_keys["reviews"], increment_key]
+    assert_landing_matches_source(lake, "bands", bands_path, bands_key)
+    assert_landing_matches_source(lake, "reviews", increment_path, increment_key)
+    for dataset in DATASETS:
+        assert_invariant(lake, dataset)
+    after = snapshot(lake)
+
+    # Albums: untouched, provenance included.
+    assert_frame_equal(after["silver/albums"], before["silver/albums"])
+    assert_frame_equal(after["quarantine/albums"], before["quarantine/albums"])
+
+    # Bands: only the superseding ingest counts; the data changed in exactly three rows.
+    new_bands = after["silver/bands"]
+    assert set(new_bands["_ingest_id"]) == {bands_key}
+    assert set(after["quarantine/bands"]["_ingest_id"]) == {bands_key}
+    data = [c for c in new_bands.columns if c not in PROVENANCE]
+    assert removed_id not in new_bands["id"]
+    assert removed_id not in after["quarantine/bands"]["id"].cast(pl.Int64, strict=False)
+    assert new_bands.filter(pl.col("id") == renamed_id)["name"].to_list() == [new_name]
+    added = new_bands.filter(pl.col("id") == new_band_id)
+    assert added.select("name", "country", "formed_in", "is_active").rows() == [
+        ("Newborn Carcass", BRAZIL, 2025, True)
+    ]
+    unchanged = pl.col("id").is_in([renamed_id, removed_id, new_band_id]).not_()
+    assert_frame_equal(
+        new_bands.filter(unchanged).select(data), old_bands.filter(unchanged).select(data)
+    )
+    old_renamed = old_bands.filter(pl.col("id") == renamed_id).select(data).drop("name")
+    assert_frame_equal(
+        new_bands.filter(pl.col("id") == renamed_id).select(data).drop("name"), old_renamed
+    )
+    # The same rows are rejected, for the same reasons (row numbers in them may shift).
+    assert_frame_equal(
+        after["quarantine/bands"]
+        .select("id", pl.col("_reject_reason").str.split(":").list.first())
+        .sort("id", "_reject_reason"),
+        before["quarantine/bands"]
+        .select("id", pl.col("_reject_reason").str.split(":").list.first())
+        .sort("id", "_reject_reason"),
+    )
+
+    # Reviews: upserted by id across the two files.
+    new_reviews, old_reviews = after["silver/reviews"], before["silver/reviews"]
+    touched = [next_review_id, next_review_id + 1, 5]
+    assert_frame_equal(
+        new_reviews.filter(~pl.col("id").is_in(touched)),
+        old_reviews.filter(~pl.col("id").is_in(touched)),
+    )
+    upserted = new_reviews.filter(pl.col("id").is_in(touched)).sort("_source_row")
+    assert upserted.select("id", "title", "score", "content", *PROVENANCE).rows() == [
+        (next_review_id, 'Fresh, "raw" and\r\nbrutal', 97.0, "Line one\nline two",
+         "reviews_2026-11.csv", 1, increment_key),
+        (next_review_id + 1, "Meh", 40.0, "Not my thing, sadly.",
+         "reviews_2026-11.csv", 2, increment_key),
+        (5, "Revised opinion", 12.0, "I was wrong.\r\nIt is bad.",
+         "reviews_2026-11.csv", 3, increment_key),
+    ]  # fmt: skip
+    new_rejects = after["quarantine/reviews"].join(
+        before["quarantine/reviews"], on=list(PROVENANCE), how="anti"
+    )
+    assert new_rejects.select("id", "_source_file").rows() == [("5", "reviews.csv")]
+    assert new_rejects["_reject_reason"].item() == (
+        f"duplicate id: superseded by reviews_2026-11.csv row 3 (ingest {increment_key})"
+    )
+    assert before["quarantine/reviews"].height + 1 == after["quarantine/reviews"].height
+
+    # The joins and gold follow.
+    catalog = after["silver/music_catalog"]
+    orphaned = catalog.filter(pl.col("band_id") == removed_id)
+    assert orphaned.height > 0 and orphaned["band_name"].null_count() == orphaned.height
+    assert set(catalog.filter(pl.col("band_id") == renamed_id)["band_name"]) == {new_name}
+    assert_gold_matches_silver(lake)
+    brazil = after["gold/brazilian_bands"]
+    assert new_band_id in brazil["band_id"] and removed_id not in brazil["band_id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Broken files fail their own run, send nothing, and do not stop the others
+
+
+def step_failure(instance: DagsterInstance, run_id: str) -> tuple[str, str]:
+    """The failed step and the description of its `Failure` (what the UI shows first)."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records
+    assert len(records) == 1, records
+    event = records[0].event_log_entry.dagster_event
+    return event.step_key, event.step_failure_data.user_failure_data.description
+
+
+def test_broken_files_fail_their_run_and_send_nothing(lake: Lake) -> None:
+    missing_column = lake.csv_dir / "albums_missing-year.csv"
+    missing_column.write_text("id,band,title\n9001,1,No Year Here\n", encoding="utf-8")
+    not_utf8 = lake.csv_dir / "bands_latin1.csv"
+    not_utf8.write_bytes(
+        "id,name,country,status,formed_in,genre,theme,active\n"
+        "9001,Mötley Décès,France,Active,1999,Death Metal,Gore,1999-present\n".encode("latin-1")
+    )
+    good = lake.csv_dir / "albums_2026-12.csv"
+    write_csv(good, list(COLUMNS["albums"]), [["9002", "1", "Still| Ingested", "2026"]])
+    broken = {"albums": missing_column, "bands": not_utf8}
+    # What the failure must say besides the file's name (the producer words the rest).
+    reasons = {missing_column.name: "missing required column(s) year", not_utf8.name: "not UTF-8"}
+    keys = {path.name: ingest_id(path) for path in (missing_column, not_utf8, good)}
+    try:
+        assert run_lake(lake.settings, lake.instance) is False
+
+        for dataset, path in broken.items():
+            key = keys[path.name]
+            assert key in partitions(lake, dataset)
+            runs = lake.instance.get_runs(RunsFilter(tags={"dagster/partition": key}))
+            assert runs and all(run.status == DagsterRunStatus.FAILURE for run in runs)
+            step, message = step_failure(lake.instance, runs[0].run_id)
+            assert step == f"landing__{dataset}"
+            assert message.startswith(f"{path.name}: ") and reasons[path.name] in message, message
+            assert key not in lake.instance.get_materialized_partitions(
+                AssetKey(["landing", dataset])
+            )
+            assert key not in lake.instance.get_materialized_partitions(
+                AssetKey(["bronze", dataset])
+            )
+            assert lines_of_ingest(lake, dataset, key) == []
+            assert not any(key.encode() in data for data in kinesis_data(lake, dataset))
+            assert not list_keys(lake, f"bronze/{dataset}/{key}")
+            assert not list_keys(lake, f"errors/{dataset}/")
+
+        # The good file went all the way: Kinesis, landing, bronze, silver.
+        good_key = keys[good.name]
+        assert any(good_key.encode() in data for data in kinesis_data(lake, "albums"))
+        assert_landing_matches_source(lake, "albums", good, good_key)
+        assert good_key in lake.instance.get_materialized_partitions(AssetKey(["bronze", "albums"]))
+        albums = silver(lake, "albums")
+        assert albums.filter(pl.col("id") == 9002).select("title", "_ingest_id").rows() == [
+            ("Still, Ingested", good_key)
+        ]
+        for dataset in DATASETS:
+            assert_invariant(lake, dataset)
+    finally:
+        # Leave the lake as a later test expects it: no broken file, no ingest left pending.
+        for path in (missing_column, not_utf8, good):
+            path.unlink(missing_ok=True)
+        for dataset, path in broken.items():
+            lake.instance.delete_dynamic_partition(f"{dataset}_ingests", keys[path.name])
