@@ -52,11 +52,20 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
     for dataset_name, partitions in INGEST_PARTITIONS.items():
         dataset = DATASETS_BY_NAME[dataset_name]
         done = instance.get_materialized_partitions(bronze_key(dataset))
-        pending += [
-            (dataset, key)
-            for key in instance.get_dynamic_partitions(partitions.name)
-            if key not in done
-        ]
+        current = plan.current.get(dataset_name, set())
+        for key in instance.get_dynamic_partitions(partitions.name):
+            if key in done:
+                continue
+            if key in current:
+                pending.append((dataset, key))
+            else:
+                # An ingest that failed before and whose file has since changed or gone: its
+                # content cannot be read again, and the file's current version has its own key.
+                log.warning(
+                    "skipping ingest %s: it never completed and no file in %s has its content",
+                    key,
+                    settings.csv_dir,
+                )
     ok = True
     for dataset, key in pending:
         log.info("ingesting %s partition %s", dataset.name, key)

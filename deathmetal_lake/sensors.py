@@ -56,6 +56,8 @@ class Cursor:
 class Plan:
     run_requests: list[RunRequest] = field(default_factory=list)
     new_partitions: dict[str, list[str]] = field(default_factory=dict)
+    # Ingest keys of the files looked at this tick, new or not, per dataset.
+    current: dict[str, set[str]] = field(default_factory=dict)
 
 
 def plan_ingests(
@@ -85,6 +87,7 @@ def plan_ingests(
         del cursor.pending[source.location]
         cursor.seen[source.location] = source.fingerprint
         key = ingest_key(source.name, content_hash(source))
+        plan.current.setdefault(dataset.name, set()).add(key)
         planned = plan.new_partitions.setdefault(dataset.name, [])
         if key in planned or partition_exists(dataset.name, key):
             log.info(f"{source.location}: content already ingested as {key}")
