@@ -122,3 +122,51 @@ RULES: dict[str, DatasetRules] = {
         ),
     )
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality contracts: the thresholds of the asset checks in `deathmetal_lake.checks`.
+
+
+@dataclass(frozen=True)
+class QualityContract:
+    """How strict the silver checks of one dataset are; the rest comes from `DatasetRules`.
+
+    Foreign-key orphans (rows whose key has no parent, kept in silver) are a WARN up to
+    `orphan_error_rate` of the table's rows and an ERROR above it (blocking gold). Quarantined
+    rows are a WARN above `quarantine_warn_rate` of the latest ingests' bronze rows. Values outside
+    `DatasetRules.known_values` (e.g. a band `status` the lake does not know) are a WARN.
+    """
+
+    dataset: str
+    orphan_error_rate: float = 0.05
+    quarantine_warn_rate: float = 0.01
+
+
+CONTRACTS: dict[str, QualityContract] = {
+    c.dataset: c
+    for c in (
+        QualityContract("albums"),
+        QualityContract("bands"),
+        QualityContract("reviews"),
+    )
+}
+
+# Gold columns that hold review scores or their averages: must stay in ScoreColumn's 0..100.
+GOLD_SCORE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "band_avg_scores": ("mean_score", "min_score", "max_score"),
+    "top10_by_country": ("mean_score",),
+    "album_rankings": ("mean_score", "weighted_score"),
+}
+# Gold tables that may be empty while their inputs are not (a filter that can match nothing).
+GOLD_MAY_BE_EMPTY: frozenset[str] = frozenset({"brazilian_bands"})
+
+# Freshness: a silver or gold table is stale when an upstream asset materialized newer data and
+# the table has not followed within FOLLOW_UPSTREAM_WITHIN (automation follows in seconds).
+FOLLOW_UPSTREAM_WITHIN_MINUTES = 30
+# How often the freshness checks run by themselves (the lake's automation sensor launches them).
+FRESHNESS_CHECK_CRON = "*/15 * * * *"
+# Dagster FreshnessPolicy on silver and gold (time since the last materialization): a backstop
+# shown in the UI's freshness column; a day without new files is normal, a week is not.
+FRESHNESS_WARN_HOURS = 24
+FRESHNESS_FAIL_HOURS = 24 * 7

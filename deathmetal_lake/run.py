@@ -44,7 +44,8 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
     for dataset, keys in plan.new_partitions.items():
         instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
 
-    assets = list(defs.assets or [])
+    # The checks run with the assets they guard: a blocking failure stops what is downstream.
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     # From the settings given, not `defs.resources` (built from the environment at import), so
     # a caller with other settings (a test's emulator and folder) gets its own lake.
     resources = build_resources(settings)

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from deathmetal_lake.local_aws.gateway import SERVICE_ID
@@ -154,9 +155,18 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A child we started and that exited stays a zombie until reaped; reap it if it is ours.
+    # An exited process stays a zombie until its parent reaps it: reap it if it is our child;
+    # otherwise (its starter exited and nothing reaps orphans here) read its state.
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return True
+        return not _is_zombie(pid)
     return finished == 0
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"

@@ -1,0 +1,586 @@
+"""Data-quality checks (issue 5): each check on good and on crafted bad data, blocking, the sample.
+
+The `evaluate_*` functions are the checks' logic; they are tested directly on frames built by the
+real silver transform. Blocking is tested on the real silver and gold assets and checks over a
+temporary directory; the sample is built with `run_lake` on the embedded AWS, checks included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import polars as pl
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetMaterialization,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    materialize,
+)
+
+import deathmetal_lake.run as run_module
+from deathmetal_lake.assets.bronze import bronze_assets
+from deathmetal_lake.assets.gold import gold_assets
+from deathmetal_lake.assets.silver import silver_assets
+from deathmetal_lake.checks import contracts, freshness, gold, lake_checks, reconciliation
+from deathmetal_lake.checks.evidence import SAMPLE_ROWS
+from deathmetal_lake.definitions import defs
+from deathmetal_lake.jobs import lake_checks_job
+from deathmetal_lake.local_aws import ensure_running, stop
+from deathmetal_lake.resources import LakeParquetIOManager, LakeResource, LakeS3Resource
+from deathmetal_lake.rules import CONTRACTS, RULES, ForeignKey
+from deathmetal_lake.transforms import gold as gold_transforms
+from deathmetal_lake.transforms import silver as silver_transforms
+from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, make_settings
+
+YEAR = 2026
+ERROR, WARN = AssetCheckSeverity.ERROR, AssetCheckSeverity.WARN
+
+
+# ---------------------------------------------------------------------------------------------
+# Crafted data through the real transforms
+
+
+def bronze_frame(dataset: str, rows: list[dict[str, Any]], ingest: str) -> pl.DataFrame:
+    """Bronze as the bronze asset writes it: source columns as text plus provenance."""
+    schema = silver_transforms.bronze_schema(dataset)
+    columns = {name: [row.get(name) for row in rows] for name in RULES[dataset].source_columns}
+    return (
+        pl.DataFrame(columns, schema={c: pl.String for c in columns})
+        .with_columns(
+            pl.lit(f"{ingest.rsplit('-', 1)[0]}.csv").alias("_source_file"),
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("_source_row"),
+            pl.lit(ingest).alias("_ingest_id"),
+            pl.lit(None, pl.String).alias("_parse_error"),
+            pl.lit(None, pl.String).alias("_raw"),
+        )
+        .select(schema.names())
+    )
+
+
+def albums_rows(n: int, bands: int) -> list[dict[str, Any]]:
+    return [
+        {"id": str(i), "band": str(i % bands + 1), "title": f"A{i}", "year": "1999"}
+        for i in range(1, n + 1)
+    ]
+
+
+def bands_rows(n: int) -> list[dict[str, Any]]:
+    countries = ["Brazil", "Sweden", "Finland"]
+    return [
+        {
+            "id": str(i),
+            "name": f"B{i}",
+            "country": countries[i % 3],
+            "status": "Active",
+            "formed_in": "1990",
+            "genre": "Death",
+            "theme": "Gore",
+            "active": "1990-present",
+        }
+        for i in range(1, n + 1)
+    ]
+
+
+def reviews_rows(n: int, albums: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(i),
+            "album": str(i % albums + 1),
+            "title": f"R{i}",
+            "score": str(40 + i % 60),
+            "content": "ok",
+        }
+        for i in range(1, n + 1)
+    ]
+
+
+def build(dataset: str, rows: list[dict[str, Any]]) -> silver_transforms.SilverResult:
+    ingest = f"{dataset}-000000000001"
+    result = silver_transforms.build_silver(
+        dataset, {ingest: bronze_frame(dataset, rows, ingest).lazy()}, [ingest], current_year=YEAR
+    )
+    return silver_transforms.SilverResult(
+        result.table.collect().lazy(), result.quarantine.collect().lazy()
+    )
+
+
+@pytest.fixture(scope="module")
+def good() -> dict[str, pl.LazyFrame]:
+    albums, bands = build("albums", albums_rows(40, 20)), build("bands", bands_rows(20))
+    reviews = build("reviews", reviews_rows(60, 40))
+    catalog = silver_transforms.music_catalog(albums.table, bands.table)
+    album_reviews = silver_transforms.album_reviews(reviews.table, albums.table)
+    scores = gold_transforms.band_avg_scores(album_reviews, bands.table)
+    return {
+        "albums": albums.table,
+        "bands": bands.table,
+        "reviews": reviews.table,
+        "albums_quarantine": albums.quarantine,
+        "band_avg_scores": scores.collect().lazy(),
+        "top10_by_country": gold_transforms.top10_by_country(scores).collect().lazy(),
+        "album_rankings": gold_transforms.album_rankings(reviews.table, catalog).collect().lazy(),
+    }
+
+
+def failing(result: Any) -> list[dict[str, Any]]:
+    rows = result.metadata["failing_rows_json"].value
+    assert len(rows) <= SAMPLE_ROWS
+    return rows
+
+
+def meta(result: Any, name: str) -> Any:
+    return result.metadata[name].value
+
+
+def assert_passes(result: Any) -> None:
+    assert result.passed, result.metadata
+    assert failing(result) == []
+
+
+def assert_fails(result: Any, severity: AssetCheckSeverity) -> list[dict[str, Any]]:
+    assert not result.passed
+    assert result.severity == severity
+    rows = failing(result)
+    assert rows, "a failed check shows the rows that failed"
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconciliation
+
+
+def test_landing_reconciles_source_rows_with_deliveries_and_errors() -> None:
+    assert_passes(reconciliation.evaluate_landing("bands-abc", 5, [1, 2, 2, 4, 3], [5]))
+    result = reconciliation.evaluate_landing("bands-abc", 5, [1, 2, 7], [5])
+    rows = assert_fails(result, ERROR)
+    assert {r["_source_row"] for r in rows} == {3, 4, 7}
+    assert {r["_ingest_id"] for r in rows} == {"bands-abc"}
+    assert {r["_source_file"] for r in rows} == {"bands.csv"}
+    assert (meta(result, "missing_rows"), meta(result, "extra_rows")) == (2, 1)
+    assert "bands-abc" in result.description
+    # 50 missing rows do not crowd the one extra row out of the 10-row sample.
+    rows = assert_fails(reconciliation.evaluate_landing("bands-abc", 50, [], [60]), ERROR)
+    assert len(rows) == 6 and rows[-1]["_source_row"] == 60
+
+
+def test_landing_rows_dedupes_copies_and_ignores_other_ingests() -> None:
+    bodies = [
+        b'{"_ingest_id":"a","_source_row":1,"x":"1"}\n{"_ingest_id":"a","_source_row":2}\n',
+        b'{"_ingest_id":"a","_source_row":2}\n{"_ingest_id":"b","_source_row":9}\n',
+    ]
+    assert reconciliation.landing_rows(bodies, "a").to_list() == [1, 2]
+
+
+def test_bronze_equals_distinct_landing_lines() -> None:
+    frame = bronze_frame("bands", bands_rows(4), "bands-abc")
+    assert_passes(reconciliation.evaluate_bronze("bands-abc", [1, 2, 3, 4], frame))
+    doubled = pl.concat([frame, frame.filter(pl.col("_source_row") == 2)])
+    result = reconciliation.evaluate_bronze("bands-abc", [1, 2, 3, 4, 5], doubled)
+    rows = assert_fails(result, ERROR)
+    assert {(r["problem"].split(":")[0], r["_source_row"]) for r in rows} == {
+        ("missing", 5),
+        ("doubled", 2),
+    }
+
+
+def test_silver_reconciles_latest_bronze_with_silver_plus_quarantine() -> None:
+    rows = [*bands_rows(6), {"id": "1", "name": "dup"}, {"id": "x", "name": "bad id"}]
+    ingest = "bands-000000000001"
+    bronze = bronze_frame("bands", rows, ingest)
+    result = silver_transforms.build_silver(
+        "bands", {ingest: bronze.lazy()}, [ingest], current_year=YEAR
+    )
+    table, quarantine = result.table.collect(), result.quarantine.collect()
+    assert quarantine.height == 2
+    assert_passes(reconciliation.evaluate_silver("bands", bronze, table, quarantine))
+
+    lost = table.filter(pl.col("_source_row") != 3)
+    doubled = pl.concat([quarantine, quarantine.head(1)])
+    result = reconciliation.evaluate_silver("bands", bronze, lost, doubled)
+    rows = assert_fails(result, ERROR)
+    assert {(r["problem"].split(":")[0], r["_source_row"]) for r in rows} == {
+        ("missing", 3),
+        ("doubled", quarantine["_source_row"][0]),
+    }
+    assert ingest in result.description
+    assert reconciliation.latest_ingests(["a-1", "b-1", "a-2"]) == {"a.csv": "a-2", "b.csv": "b-1"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Silver contracts
+
+
+def test_key_unique_and_not_null(good) -> None:
+    assert_passes(contracts.evaluate_key(good["bands"], RULES["bands"]))
+    bad = pl.concat(
+        [
+            good["bands"],
+            good["bands"].head(1),
+            good["bands"].tail(1).with_columns(pl.lit(None, pl.Int64).alias("id")),
+        ]
+    )
+    result = contracts.evaluate_key(bad, RULES["bands"])
+    rows = assert_fails(result, ERROR)
+    assert (meta(result, "null_keys"), meta(result, "duplicate_keys")) == (1, 1)
+    assert {"_source_file", "_source_row", "_ingest_id", "id"} <= rows[0].keys()
+
+
+def test_required_columns_not_null(good) -> None:
+    assert_passes(contracts.evaluate_required(good["albums"], RULES["albums"]))
+    bad = good["albums"].with_columns(
+        pl.when(pl.col("id") == 3).then(None).otherwise(pl.col("title")).alias("title")
+    )
+    result = contracts.evaluate_required(bad, RULES["albums"])
+    rows = assert_fails(result, ERROR)
+    assert [(r["id"], r["null_columns"]) for r in rows] == [(3, "title")]
+    assert meta(result, "null_title") == 1
+
+
+def test_columns_and_types(good) -> None:
+    for dataset in RULES:
+        assert_passes(contracts.evaluate_schema(good[dataset], dataset))
+    bad = good["reviews"].with_columns(pl.col("score").cast(pl.String)).drop("title")
+    rows = assert_fails(
+        contracts.evaluate_schema(bad.with_columns(pl.lit(1).alias("x")), "reviews"), ERROR
+    )
+    assert {(r["column"], r["expected"], r["actual"]) for r in rows} == {
+        ("score", "Float64", "String"),
+        ("title", "String", "None"),
+        ("x", "None", "Int32"),
+    }
+
+
+def test_value_rules(good) -> None:
+    for dataset in RULES:
+        assert_passes(contracts.evaluate_values(good[dataset], RULES[dataset], YEAR))
+    bad = good["reviews"].with_columns(
+        pl.when(pl.col("id") == 2).then(101.5).otherwise(pl.col("score")).alias("score")
+    )
+    result = contracts.evaluate_values(bad, RULES["reviews"], YEAR)
+    rows = assert_fails(result, ERROR)
+    assert [(r["column"], r["value"], r["id"], r["_source_row"]) for r in rows] == [
+        ("score", "101.5", 2, 2)
+    ]
+    assert meta(result, "threshold_range_score") == "0..100"
+    bad_year = good["albums"].with_columns(pl.lit(1700, pl.Int64).alias("year"))
+    assert (
+        meta(contracts.evaluate_values(bad_year, RULES["albums"], YEAR), "out_of_range_year") == 40
+    )
+
+
+def test_known_values_warn(good) -> None:
+    assert_passes(contracts.evaluate_known_values(good["bands"], RULES["bands"]))
+    bad = good["bands"].with_columns(
+        pl.when(pl.col("id") == 4).then(pl.lit("Reunited")).otherwise("status").alias("status")
+    )
+    rows = assert_fails(contracts.evaluate_known_values(bad, RULES["bands"]), WARN)
+    assert [(r["status"], r["id"]) for r in rows] == [("Reunited", 4)]
+
+
+def test_foreign_key_orphans_warn_under_threshold_and_error_over(good) -> None:
+    fk, contract = ForeignKey("band", "bands"), CONTRACTS["albums"]
+    assert_passes(contracts.evaluate_foreign_key(good["albums"], good["bands"], fk, contract))
+    few = good["bands"].filter(pl.col("id") != 1)  # 2 of 40 albums (5%): at the threshold
+    result = contracts.evaluate_foreign_key(good["albums"], few, fk, contract)
+    rows = assert_fails(result, WARN)
+    assert {r["band"] for r in rows} == {1} and len(rows) == 2
+    assert (meta(result, "orphan_rows"), meta(result, "orphan_keys")) == (2, 1)
+    assert meta(result, "threshold_orphan_error_rate") == contract.orphan_error_rate
+    many = good["bands"].filter(pl.col("id") > 5)
+    result = contracts.evaluate_foreign_key(good["albums"], many, fk, contract)
+    rows = assert_fails(result, ERROR)
+    assert meta(result, "orphan_rows") == 10 and len(rows) == SAMPLE_ROWS
+    assert meta(result, "orphan_rate") == 0.25
+
+
+def test_quarantine_rate_warns_over_threshold(good) -> None:
+    contract = CONTRACTS["albums"]
+    result = contracts.evaluate_quarantine_rate(good["albums_quarantine"], good["albums"], contract)
+    assert_passes(result)
+    bad = build(
+        "albums",
+        [
+            *albums_rows(40, 20),
+            {"id": "1", "band": "1", "title": "dup"},
+            {"id": "41", "band": "1", "year": "1999"},
+        ],
+    )
+    result = contracts.evaluate_quarantine_rate(bad.quarantine, bad.table, contract)
+    rows = assert_fails(result, WARN)
+    assert meta(result, "quarantine_rows") == 2
+    assert meta(result, "reason_duplicate_id") == 1
+    assert {r["_reject_reason"].split(":")[0] for r in rows} == {
+        "duplicate id",
+        "required field missing",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Gold sanity
+
+
+def test_gold_not_empty_when_inputs_are_not(good) -> None:
+    assert_passes(gold.evaluate_not_empty(good["album_rankings"], {"reviews": 60}))
+    assert_passes(gold.evaluate_not_empty(good["album_rankings"].head(0), {"reviews": 0}))
+    rows = assert_fails(
+        gold.evaluate_not_empty(good["album_rankings"].head(0), {"reviews": 60, "x": 3}), ERROR
+    )
+    assert rows == [{"input": "reviews", "rows": 60}, {"input": "x", "rows": 3}]
+
+
+def test_top10_at_most_ten_per_country(good) -> None:
+    assert_passes(gold.evaluate_top_per_country(good["top10_by_country"]))
+    bad = pl.DataFrame({"country": ["Peru"] * 12, "rank": list(range(1, 13))}).lazy()
+    result = gold.evaluate_top_per_country(bad)
+    rows = assert_fails(result, ERROR)
+    assert [r["rank"] for r in rows] == [11, 12]
+    assert meta(result, "max_bands_per_country") == 12
+
+
+def test_gold_scores_in_range(good) -> None:
+    for table, columns in gold.GOLD_SCORE_COLUMNS.items():
+        assert_passes(gold.evaluate_scores_in_range(good[table], columns))
+    bad = good["band_avg_scores"].with_columns(
+        pl.when(pl.col("band_id") == 2).then(-3.0).otherwise("mean_score").alias("mean_score")
+    )
+    rows = assert_fails(gold.evaluate_scores_in_range(bad, ("mean_score",)), ERROR)
+    assert [(r["column"], r["band_id"], r["mean_score"]) for r in rows] == [("mean_score", 2, -3.0)]
+
+
+def test_album_rankings_ordered(good) -> None:
+    assert_passes(gold.evaluate_rankings_ordered(good["album_rankings"]))
+    swapped = good["album_rankings"].collect()
+    swapped = pl.concat([swapped[1:2], swapped[0:1], swapped[2:]]).lazy()
+    rows = assert_fails(gold.evaluate_rankings_ordered(swapped), ERROR)
+    assert [r["position"] for r in rows][:2] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Freshness
+
+
+def test_follows_upstream() -> None:
+    now = time.time()
+    assert_passes(freshness.evaluate_follows_upstream(now - 60, {"bronze/x": now - 120}, now))
+    # Upstream newer, but within the window: automation is on its way.
+    assert_passes(freshness.evaluate_follows_upstream(now - 600, {"bronze/x": now - 60}, now))
+    result = freshness.evaluate_follows_upstream(
+        now - 7200, {"bronze/x": now - 3600, "bronze/y": None}, now, within_minutes=30
+    )
+    rows = assert_fails(result, WARN)
+    assert [r["upstream"] for r in rows] == ["bronze/x"]
+    assert meta(result, "overdue_minutes") == pytest.approx(60, abs=1)
+
+
+def test_definitions_register_checks_job_and_freshness_policy() -> None:
+    graph = defs.resolve_asset_graph()
+    check_keys = graph.asset_check_keys
+    assert {c for d in lake_checks for c in d.check_keys} == set(check_keys)
+    names = {(k.asset_key.to_user_string(), k.name) for k in check_keys}
+    assert ("bronze/reviews", "bronze_matches_landing") in names
+    assert ("silver/albums", "band_in_bands") in names
+    assert ("gold/album_rankings", "ranks_ordered") in names
+    for key in graph.get_all_asset_keys():
+        policy = graph.get(key).freshness_policy
+        assert (policy is not None) == (graph.get(key).group_name in {"silver", "gold"}), key
+    for d in lake_checks:
+        for spec in d.check_specs:
+            partitioned = spec.asset_key.path[0] in {"landing", "bronze"}
+            assert (spec.partitions_def is not None) == partitioned, spec.key
+    job = defs.get_job_def(lake_checks_job.name)
+    assert {n.name for n in job.nodes} and all(
+        n.name.startswith(("silver__", "quarantine__", "gold__")) for n in job.nodes
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocking: real silver and gold assets and checks over a temporary directory
+
+
+def _evaluations(result: Any) -> dict[tuple[str, str], AssetCheckEvaluation]:
+    return {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+def _run_silver_and_gold(tmp_path: Path, bands_kept: int) -> Any:
+    """Albums of bands 1..20, bands 1..`bands_kept`: the orphan rate decides the severity."""
+    lake = LakeResource(
+        aws_mode="aws",
+        region="us-east-1",
+        bucket="unused",
+        csv_dir=str(tmp_path),
+        state_dir=str(tmp_path),
+        embedded_port=1,
+        embedded_buffer_seconds=0,
+        landing_timeout_seconds=1,
+        put_records_max_attempts=1,
+    )
+    io_manager = LakeParquetIOManager(lake=lake, base_dir=str(tmp_path / "lake"))
+    data = {
+        "albums": albums_rows(40, 20),
+        "bands": bands_rows(bands_kept),
+        "reviews": reviews_rows(60, 40),
+    }
+    instance = DagsterInstance.ephemeral()
+    for dataset, rows in data.items():
+        ingest = f"{dataset}-000000000001"
+        instance.add_dynamic_partitions(f"{dataset}_ingests", [ingest])
+        path = tmp_path / "lake" / "bronze" / dataset / f"{ingest}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bronze_frame(dataset, rows, ingest).write_parquet(path)
+        instance.report_runless_asset_event(
+            AssetMaterialization(asset_key=AssetKey(["bronze", dataset]), partition=ingest)
+        )
+    checks = [
+        d
+        for d in lake_checks
+        if not any(s.asset_key.path[0] in {"landing", "bronze"} for s in d.check_specs)
+    ]
+    return materialize(
+        [*bronze_assets, *silver_assets, *gold_assets, *checks],
+        selection=[k for a in (*silver_assets, *gold_assets) for k in a.keys],
+        instance=instance,
+        resources={"io_manager": io_manager, "lake": lake, "s3": LakeS3Resource(lake=lake)},
+        raise_on_error=False,
+    )
+
+
+def test_blocking_error_on_silver_stops_gold_in_the_same_run(tmp_path: Path) -> None:
+    result = _run_silver_and_gold(tmp_path, bands_kept=10)  # half the albums are orphans
+    evaluations = _evaluations(result)
+    fk = evaluations[("silver/albums", "band_in_bands")]
+    assert (fk.passed, fk.severity) == (False, ERROR)
+    assert fk.metadata["orphan_rows"].value == 20
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "silver/albums" in materialized  # the checked asset itself stays
+    assert "silver/bands" in materialized and "gold/brazilian_bands" in materialized
+    blocked = {
+        "silver/music_catalog",
+        "silver/album_reviews",
+        "gold/album_rankings",
+        "gold/band_album_counts",
+        "gold/band_avg_scores",
+        "gold/top10_by_country",
+    }
+    assert not blocked & materialized
+    # Every other check that ran passed: the failure is the orphans, nothing else.
+    others = [e for k, e in evaluations.items() if k != ("silver/albums", "band_in_bands")]
+    assert all(e.passed for e in others if e.severity == ERROR), [
+        k for k, e in evaluations.items() if not e.passed
+    ]
+
+
+def test_warn_on_silver_does_not_block_gold(tmp_path: Path) -> None:
+    result = _run_silver_and_gold(tmp_path, bands_kept=19)  # 2 of 40 albums are orphans
+    evaluations = _evaluations(result)
+    fk = evaluations[("silver/albums", "band_in_bands")]
+    assert (fk.passed, fk.severity) == (False, WARN)
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"gold/album_rankings", "gold/top10_by_country", "silver/music_catalog"} <= materialized
+    assert all(e.passed for e in evaluations.values() if e.severity == ERROR)
+    assert evaluations[("silver/albums", "silver_reconciles_with_bronze")].passed
+    assert evaluations[("gold/album_rankings", "ranks_ordered")].passed
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample on the embedded AWS, with the checks in every run
+
+
+@pytest.fixture(scope="module")
+def sample_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    root = tmp_path_factory.mktemp("checks_lake")
+    csv_dir = root / "csv"
+    shutil.copytree(SAMPLE_CSV_DIR, csv_dir)
+    settings = make_settings(root / "state", csv_dir=csv_dir)
+    with pytest.MonkeyPatch.context() as env:
+        for name in list(os.environ):
+            if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
+                env.delenv(name)
+        env.setenv("AWS_CONFIG_FILE", str(root / "no-aws-config"))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(root / "no-aws-credentials"))
+        ensure_running(settings)
+        try:
+            settings.instance_dir.mkdir(parents=True, exist_ok=True)
+            with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+                assert run_module.run_lake(settings, instance)
+                yield SimpleNamespace(settings=settings, instance=instance)
+        finally:
+            stop(settings)
+
+
+def _instance_evaluations(instance: DagsterInstance) -> list[AssetCheckEvaluation]:
+    return [
+        event.dagster_event.event_specific_data
+        for run in instance.get_runs()
+        for event in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+
+
+@pytest.mark.slow
+def test_sample_passes_every_error_check_and_shows_its_orphans_as_warnings(sample_lake) -> None:
+    evaluations = _instance_evaluations(sample_lake.instance)
+    by_key = {(e.asset_key.to_user_string(), e.check_name): e for e in evaluations}
+    errors = [k for k, e in by_key.items() if not e.passed and e.severity == ERROR]
+    assert not errors, errors
+    for dataset in RULES:
+        for key in (
+            ("landing", "landing_delivered_every_row"),
+            ("bronze", "bronze_matches_landing"),
+            ("silver", "silver_reconciles_with_bronze"),
+        ):
+            assert by_key[(f"{key[0]}/{dataset}", key[1])].passed, (dataset, key)
+        landing = by_key[(f"landing/{dataset}", "landing_delivered_every_row")]
+        assert landing.partition is not None  # evaluated on the ingest that was materialized
+    # The sample's deliberate orphans: WARN results with their rows.
+    for table, check, orphans in (
+        ("albums", "band_in_bands", 9),
+        ("reviews", "album_in_albums", 3),
+    ):
+        result = by_key[(f"silver/{table}", check)]
+        assert (result.passed, result.severity) == (False, WARN)
+        assert result.metadata["orphan_rows"].value == orphans
+        assert result.metadata["failing_rows_json"].value
+    # The sample's duplicates and bad rows: quarantine counts, under the WARN threshold.
+    for dataset, duplicates in (("albums", 4), ("bands", 4), ("reviews", 2)):
+        result = by_key[(f"quarantine/{dataset}", "quarantine_rate")]
+        assert result.passed
+        assert result.metadata["reason_duplicate_id"].value == duplicates
+        assert len(result.metadata["failing_rows_json"].value) > 0
+
+
+@pytest.mark.slow
+def test_lake_checks_job_runs_the_checks_alone(sample_lake) -> None:
+    settings, instance = sample_lake.settings, sample_lake.instance
+    from deathmetal_lake.resources import build_resources
+
+    job_defs = Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=[lake_checks_job],
+        resources=build_resources(settings),
+    )
+    before = {
+        k: instance.get_latest_materialization_event(k)
+        for k in defs.resolve_asset_graph().get_all_asset_keys()
+    }
+    result = job_defs.get_job_def(lake_checks_job.name).execute_in_process(instance=instance)
+    assert result.success
+    evaluations = _evaluations(result)
+    assert len(evaluations) == len(job_defs.get_job_def(lake_checks_job.name).nodes)
+    assert all(e.passed for e in evaluations.values() if e.severity == ERROR)
+    assert all(evaluations[k].passed for k in evaluations if k[1] == "follows_upstream")
+    assert not result.get_asset_materialization_events()
+    assert before == {k: instance.get_latest_materialization_event(k) for k in before}
