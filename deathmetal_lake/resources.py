@@ -15,7 +15,7 @@ from dagster_polars import PolarsParquetIOManager
 from pydantic import PrivateAttr
 
 from deathmetal_lake.local_aws import ensure_running
-from deathmetal_lake.settings import AwsMode, LakeSettings
+from deathmetal_lake.settings import EMULATOR_CREDENTIALS, AwsMode, LakeSettings
 
 
 class LakeResource(ConfigurableResource):
@@ -23,6 +23,7 @@ class LakeResource(ConfigurableResource):
 
     aws_mode: str
     region: str
+    endpoint_url: str | None
     bucket: str
     csv_dir: str
     state_dir: str
@@ -36,6 +37,7 @@ class LakeResource(ConfigurableResource):
         return cls(
             aws_mode=settings.aws_mode.value,
             region=settings.region,
+            endpoint_url=settings.aws_endpoint,
             bucket=settings.bucket,
             csv_dir=str(settings.csv_dir),
             state_dir=str(settings.state_dir),
@@ -44,6 +46,17 @@ class LakeResource(ConfigurableResource):
             landing_timeout_seconds=settings.landing_timeout_seconds,
             put_records_max_attempts=settings.put_records_max_attempts,
         )
+
+    def polars_storage_options(self) -> dict[str, str]:
+        """Options for Polars' own S3 reads (object_store keys, not fsspec's)."""
+        options = {"aws_region": self.region}
+        if self.endpoint_url:
+            options["aws_endpoint_url"] = self.endpoint_url
+            options["aws_allow_http"] = str(self.endpoint_url.startswith("http://")).lower()
+        if self.aws_mode != AwsMode.AWS:
+            options["aws_access_key_id"] = EMULATOR_CREDENTIALS["aws_access_key_id"]
+            options["aws_secret_access_key"] = EMULATOR_CREDENTIALS["aws_secret_access_key"]
+        return options
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if self.aws_mode == AwsMode.EMBEDDED:

@@ -4,7 +4,8 @@ Reads the landing objects its ingest was delivered in (recorded by the landing m
 and removes Firehose's at-least-once copies by (`_ingest_id`, `_source_row`).
 """
 
-import io
+from collections.abc import Mapping
+from typing import Any
 
 import polars as pl
 from dagster import (
@@ -19,10 +20,10 @@ from dagster import (
     asset,
 )
 
-from deathmetal_lake.assets.landing import DELIVERED_OBJECTS, landing_key
+from deathmetal_lake.assets.landing import DELIVERED_OBJECTS, SOURCE_COLUMNS, landing_key
 from deathmetal_lake.datasets import DATASETS, PROVENANCE_COLUMNS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
-from deathmetal_lake.resources import LakeResource, LakeS3Resource
+from deathmetal_lake.resources import LakeResource
 from deathmetal_lake.transforms.silver import bronze_schema
 
 GROUP = "bronze"
@@ -32,32 +33,28 @@ def bronze_key(dataset: Dataset) -> AssetKey:
     return AssetKey([GROUP, dataset.name])
 
 
-def read_landing_lines(bodies: list[bytes], ingest_id: str, dataset: Dataset) -> pl.DataFrame:
-    """The ingest's lines from landing objects, delivery copies removed, in source order.
+def landing_lines(
+    uris: list[str], ingest_id: str, schema: Mapping[str, pl.DataType], storage_options: dict
+) -> pl.LazyFrame:
+    """The ingest's lines from its landing objects, delivery copies removed, in source order.
 
-    Every value is JSON text, so inference yields strings; columns a file lacks entirely (the
-    parse-error markers of a clean file, say) are added as null text so every ingest has the
-    registry's columns.
+    Lazy, so the IO manager streams it into Parquet: a large ingest is never held whole in memory.
     """
-    expected = bronze_schema(dataset.name)
-    frames = [
-        pl.read_ndjson(io.BytesIO(body), infer_schema_length=None).filter(
-            pl.col("_ingest_id") == ingest_id
-        )
-        for body in bodies
-    ]
-    lines = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=expected)
-    missing = [
-        pl.lit(None, dtype).alias(name)
-        for name, dtype in expected.items()
-        if name not in lines.columns
-    ]
+    if not uris:
+        return pl.LazyFrame(schema=schema)
     return (
-        lines.with_columns(missing)
-        .with_columns(pl.col("_source_row").cast(pl.Int64))
-        .unique(subset=["_ingest_id", "_source_row"], keep="first")
+        pl.scan_ndjson(uris, schema=schema, storage_options=storage_options)
+        .filter(pl.col("_ingest_id") == ingest_id)
+        .unique(subset=["_source_row"], keep="any")
         .sort("_source_row")
     )
+
+
+def bronze_columns(dataset: Dataset, source_columns: list[str]) -> dict[str, pl.DataType]:
+    """The registry's bronze columns plus any extra columns the file had, all text."""
+    schema = dict(bronze_schema(dataset.name))
+    extras = {column: pl.String() for column in source_columns if column not in schema}
+    return {**schema, **extras}
 
 
 def build_bronze_asset(dataset: Dataset) -> AssetsDefinition:
@@ -76,32 +73,34 @@ def build_bronze_asset(dataset: Dataset) -> AssetsDefinition:
             f"{', '.join(PROVENANCE_COLUMNS)}. At `bronze/{dataset.name}/<ingest>.parquet`."
         ),
     )
-    def bronze(
-        context: AssetExecutionContext, lake: LakeResource, s3: LakeS3Resource
-    ) -> Output[pl.DataFrame]:
+    def bronze(context: AssetExecutionContext, lake: LakeResource) -> Output[pl.LazyFrame]:
         ingest_id = context.partition_key
-        objects = _delivered_objects(context, dataset, ingest_id)
-        s3_client = s3.get_client()
-        bodies = [
-            s3_client.get_object(Bucket=lake.bucket, Key=key)["Body"].read() for key in objects
-        ]
-        table = read_landing_lines(bodies, ingest_id, dataset)
+        landing = _landing_metadata(context, dataset, ingest_id)
+        objects: dict[str, int] = landing[DELIVERED_OBJECTS]
+        delivered_rows = landing["rows"] - landing["oversize_rows"]
+        lines = landing_lines(
+            [f"s3://{lake.bucket}/{key}" for key in objects],
+            ingest_id,
+            bronze_columns(dataset, landing[SOURCE_COLUMNS]),
+            lake.polars_storage_options(),
+        )
         return Output(
-            table,
+            lines,
             metadata={
+                "dagster/row_count": delivered_rows,
                 "landing_objects": len(objects),
-                "copies_removed": sum(objects.values()) - table.height,
-                "parse_error_rows": table["_parse_error"].is_not_null().sum(),
+                "copies_removed": sum(objects.values()) - delivered_rows,
+                "parse_error_rows": landing["parse_error_rows"],
             },
         )
 
     return bronze
 
 
-def _delivered_objects(
+def _landing_metadata(
     context: AssetExecutionContext, dataset: Dataset, ingest_id: str
-) -> dict[str, int]:
-    """Landing objects holding this ingest's rows (and how many), as its landing run recorded."""
+) -> dict[str, Any]:
+    """What the landing run recorded for this ingest: where its rows were delivered, how many."""
     result = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=landing_key(dataset), asset_partitions=[ingest_id]), limit=1
     )
@@ -110,7 +109,7 @@ def _delivered_objects(
             f"ingest {ingest_id} has no landing materialization; materialize landing first"
         )
     metadata = result.records[0].asset_materialization.metadata
-    return metadata[DELIVERED_OBJECTS].value
+    return {key: value.value for key, value in metadata.items()}
 
 
 bronze_assets = [build_bronze_asset(dataset) for dataset in DATASETS]

@@ -33,6 +33,7 @@ from deathmetal_lake.sources import SourceNotFoundError, local_sources, locate, 
 GROUP = "landing"
 # Metadata keys the bronze layer reads back from the landing materialization.
 DELIVERED_OBJECTS = "delivered_objects"
+SOURCE_COLUMNS = "source_columns"
 
 
 def landing_key(dataset: Dataset) -> AssetKey:
@@ -127,6 +128,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 "delivered_copies": arrival.copies,
                 "mb_per_second": round(report.bytes / 1e6 / max(total_seconds, 1e-9), 2),
                 DELIVERED_OBJECTS: MetadataValue.json(arrival.objects),
+                SOURCE_COLUMNS: MetadataValue.json(list(report.columns)),
             }
         )
 
