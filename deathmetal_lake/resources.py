@@ -5,6 +5,7 @@ embedded mode the `lake` resource starts the embedded AWS on first use, so any D
 (webserver, daemon, run worker) finds it running.
 """
 
+import functools
 from typing import Any, ClassVar, get_origin
 
 import boto3
@@ -12,7 +13,6 @@ from dagster import ConfigurableResource, InitResourceContext, InputContext, Res
 from dagster_aws.s3 import S3Resource
 from dagster_aws.utils import ResourceWithBoto3Configuration, construct_boto_client_retry_config
 from dagster_polars import PolarsParquetIOManager
-from pydantic import PrivateAttr
 
 from deathmetal_lake.local_aws import ensure_running
 from deathmetal_lake.settings import EMULATOR_CREDENTIALS, AwsMode, LakeSettings
@@ -72,28 +72,40 @@ class LakeResource(ConfigurableResource):
             )
 
 
+@functools.cache
+def _client(service: str, profile_name: str | None, max_attempts: int, **kwargs: Any) -> Any:
+    """One boto3 client per service and configuration for the whole process.
+
+    A new session reloads botocore's service models (0.1-0.3 s each time), and Dagster makes new
+    resource objects for every run; boto3 clients are thread-safe, so they can be shared.
+    """
+    config = construct_boto_client_retry_config(max_attempts)
+    return boto3.session.Session(profile_name=profile_name).client(service, config=config, **kwargs)
+
+
+def _shared_client(resource: ResourceWithBoto3Configuration, service: str) -> Any:
+    return _client(
+        service,
+        resource.profile_name,
+        resource.max_attempts,
+        region_name=resource.region_name,
+        use_ssl=resource.use_ssl,
+        verify=resource.verify,
+        endpoint_url=resource.endpoint_url,
+        aws_access_key_id=resource.aws_access_key_id,
+        aws_secret_access_key=resource.aws_secret_access_key,
+        aws_session_token=resource.aws_session_token,
+    )
+
+
 class _Boto3ClientResource(ResourceWithBoto3Configuration):
     """A boto3 client of one service, with boto3's standard retries for whole-call errors."""
 
     lake: ResourceDependency[LakeResource]
     service: ClassVar[str]
-    _client: Any = PrivateAttr(default=None)
 
     def get_client(self) -> Any:
-        if self._client is None:
-            session = boto3.session.Session(profile_name=self.profile_name)
-            self._client = session.client(
-                self.service,
-                region_name=self.region_name,
-                use_ssl=self.use_ssl,
-                verify=self.verify,
-                endpoint_url=self.endpoint_url,
-                aws_access_key_id=self.aws_access_key_id,
-                aws_secret_access_key=self.aws_secret_access_key,
-                aws_session_token=self.aws_session_token,
-                config=construct_boto_client_retry_config(self.max_attempts),
-            )
-        return self._client
+        return _shared_client(self, self.service)
 
 
 class KinesisResource(_Boto3ClientResource):
@@ -120,6 +132,10 @@ class LakeS3Resource(S3Resource):
     """dagster-aws's S3 resource, started together with the embedded AWS when that is in use."""
 
     lake: ResourceDependency[LakeResource]
+
+    def get_client(self) -> Any:
+        """A shared client: dagster-aws builds a new session and client on every call."""
+        return _shared_client(self, "s3")
 
 
 class LakeParquetIOManager(PolarsParquetIOManager):

@@ -43,7 +43,7 @@ class LakeSettings(BaseSettings):
     dagster_home: Path | None = Field(default=None, validation_alias=AliasChoices("DAGSTER_HOME"))
     landing_timeout_seconds: float = Field(default=300.0, gt=0)
     put_records_max_attempts: int = Field(default=10, ge=1)
-    embedded_buffer_seconds: int = Field(default=1, ge=0, le=900)
+    embedded_buffer_seconds: int = Field(default=0, ge=0, le=900)
 
     @property
     def aws_endpoint(self) -> str | None:

@@ -64,7 +64,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
                 ),
                 metadata={"descriptions": transforms.SILVER_COLUMN_DESCRIPTIONS[dataset.name]},
                 automation_condition=follow_ingests(),
-                dagster_type=pl.LazyFrame,
+                dagster_type=pl.DataFrame,
             ),
             "quarantine": AssetOut(
                 key=quarantine_key(dataset),
@@ -76,7 +76,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
                     f"`_reject_reason`. At `quarantine/{dataset.name}.parquet`."
                 ),
                 automation_condition=follow_ingests(),
-                dagster_type=pl.LazyFrame,
+                dagster_type=pl.DataFrame,
             ),
         },
         ins={
@@ -89,7 +89,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
     )
     def silver(
         context: AssetExecutionContext, bronze: dict[str, pl.LazyFrame]
-    ) -> Iterator[Output[pl.LazyFrame]]:
+    ) -> Iterator[Output[pl.DataFrame]]:
         order = [
             key for key in context.instance.get_dynamic_partitions(partitions.name) if key in bronze
         ]
@@ -102,31 +102,30 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
             source_files=source_files,
         )
         latest = transforms.latest_bronze(dataset.name, bronze, order, source_files=source_files)
-        bronze_rows, table_rows, quarantined = (
-            frame.item()
-            for frame in pl.collect_all(
-                [lf.select(pl.len()) for lf in (latest, result.table, result.quarantine)]
-            )
+        # One pass for both outputs and the count: the upsert's windows need the whole table in
+        # memory anyway, and sinking the two lazily would compute the plan once per output.
+        bronze_rows, table, quarantine = pl.collect_all(
+            [latest.select(pl.len()), result.table, result.quarantine]
         )
-        reasons = result.quarantine.group_by(transforms.REJECT_REASON_COLUMN).len().collect()
+        reasons = quarantine.group_by(transforms.REJECT_REASON_COLUMN).len()
         ingests = sorted({source_files[key] for key in order})
         yield Output(
-            result.table,
+            table,
             output_name="table",
             metadata={
-                "dagster/row_count": table_rows,
-                "bronze_rows": bronze_rows,
-                "quarantine_rows": quarantined,
+                "dagster/row_count": table.height,
+                "bronze_rows": bronze_rows.item(),
+                "quarantine_rows": quarantine.height,
                 "ingests_used": MetadataValue.json(
                     {name: [k for k in order if source_files[k] == name][-1] for name in ingests}
                 ),
             },
         )
         yield Output(
-            result.quarantine,
+            quarantine,
             output_name="quarantine",
             metadata={
-                "dagster/row_count": quarantined,
+                "dagster/row_count": quarantine.height,
                 "reasons": MetadataValue.json(
                     {row[transforms.REJECT_REASON_COLUMN]: row["len"] for row in reasons.to_dicts()}
                 ),

@@ -30,6 +30,9 @@ REJECT_REASON_COLUMN = "_reject_reason"
 _POSITION = "__ingest_position"
 _CHECK_REASON = "__check_reason"
 _WINNER = "__is_winner"
+_LATEST = "__latest_position"
+_IN_LATEST_INGEST = "__in_latest_ingest"
+_LAST_ROW = "__last_row"
 _DUPLICATE_REASON = "__duplicate_reason"
 
 
@@ -93,7 +96,7 @@ def build_silver(
         _latest_with_position(dataset, bronze, ingest_order, source_files)
         .with_columns(expr.alias(typed_names[name]) for name, expr in typed.items())
         .with_columns(pl.coalesce(_checks(rules, current_year, typed_names)).alias(_CHECK_REASON))
-        .with_columns(_is_winner(key).alias(_WINNER))
+        .pipe(_mark_winners, key)
         .with_columns(_duplicate_reason(key).alias(_DUPLICATE_REASON))
         .with_columns(pl.coalesce(_CHECK_REASON, _DUPLICATE_REASON).alias(REJECT_REASON_COLUMN))
     )
@@ -337,14 +340,23 @@ def _checks(rules: DatasetRules, current_year: int, typed: dict[str, str]) -> li
     return checks
 
 
-def _is_winner(key: pl.Expr) -> pl.Expr:
-    """Among rows that passed every check, the one copy of each id that silver keeps."""
+def _mark_winners(rows: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
+    """Among rows that passed every check, mark the one copy of each id that silver keeps.
+
+    One window per step: a window nested in another makes Polars evaluate it group by group,
+    which grows far faster than the data (36 s instead of under 1 s at scale 10).
+    """
     valid = pl.col(_CHECK_REASON).is_null()
-    in_latest_ingest = valid & (
-        pl.col(_POSITION) == pl.when(valid).then(pl.col(_POSITION)).max().over(key)
+    in_latest = pl.col(_IN_LATEST_INGEST)
+    return (
+        rows.with_columns(pl.when(valid).then(pl.col(_POSITION)).max().over(key).alias(_LATEST))
+        .with_columns((valid & (pl.col(_POSITION) == pl.col(_LATEST))).alias(_IN_LATEST_INGEST))
+        .with_columns(
+            pl.when(in_latest).then(pl.col("_source_row")).max().over(key).alias(_LAST_ROW)
+        )
+        .with_columns((in_latest & (pl.col("_source_row") == pl.col(_LAST_ROW))).alias(_WINNER))
+        .drop(_LATEST, _IN_LATEST_INGEST, _LAST_ROW)
     )
-    last_row = pl.when(in_latest_ingest).then(pl.col("_source_row")).max().over(key)
-    return in_latest_ingest & (pl.col("_source_row") == last_row)
 
 
 def _duplicate_reason(key: pl.Expr) -> pl.Expr:
