@@ -18,14 +18,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CSV_DIR = REPO_ROOT / "csv"
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No real AWS profile, endpoint or lake setting of the developer leaks into a test."""
+def isolate_env(env: pytest.MonkeyPatch, root: Path) -> None:
+    """No real AWS profile, endpoint or lake setting of the developer leaks into the lake."""
     for name in list(os.environ):
         if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+            env.delenv(name)
+    env.setenv("AWS_CONFIG_FILE", str(root / "no-aws-config"))
+    env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(root / "no-aws-credentials"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate_env(monkeypatch, tmp_path)
 
 
 def free_port() -> int:

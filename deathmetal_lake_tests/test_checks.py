@@ -7,7 +7,6 @@ temporary directory; the sample is built with `run_lake` on the embedded AWS, ch
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from deathmetal_lake.resources import LakeParquetIOManager, LakeResource, LakeS3
 from deathmetal_lake.rules import CONTRACTS, RULES, ForeignKey
 from deathmetal_lake.transforms import gold as gold_transforms
 from deathmetal_lake.transforms import silver as silver_transforms
-from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, make_settings
+from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, isolate_env, make_settings
 
 YEAR = 2026
 ERROR, WARN = AssetCheckSeverity.ERROR, AssetCheckSeverity.WARN
@@ -506,11 +505,7 @@ def sample_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     shutil.copytree(SAMPLE_CSV_DIR, csv_dir)
     settings = make_settings(root / "state", csv_dir=csv_dir)
     with pytest.MonkeyPatch.context() as env:
-        for name in list(os.environ):
-            if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
-                env.delenv(name)
-        env.setenv("AWS_CONFIG_FILE", str(root / "no-aws-config"))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(root / "no-aws-credentials"))
+        isolate_env(env, root)
         ensure_running(settings)
         try:
             settings.instance_dir.mkdir(parents=True, exist_ok=True)

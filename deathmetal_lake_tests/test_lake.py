@@ -38,7 +38,7 @@ from deathmetal_lake.local_aws import ensure_running, stop
 from deathmetal_lake.run import run_lake
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.transforms.gold import DEFAULT_PRIOR_WEIGHT
-from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, aws_client, make_settings
+from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, aws_client, isolate_env, make_settings
 
 DATASETS = ("albums", "bands", "reviews")
 COLUMNS = {
@@ -96,11 +96,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     settings = make_settings(root / "state", csv_dir=csv_dir)
     with pytest.MonkeyPatch.context() as env:
         # conftest's isolation is per test; this lake outlives a test, so isolate it too.
-        for name in list(os.environ):
-            if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
-                env.delenv(name)
-        env.setenv("AWS_CONFIG_FILE", str(root / "no-aws-config"))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(root / "no-aws-credentials"))
+        isolate_env(env, root)
         ensure_running(settings)
         try:
             settings.instance_dir.mkdir(parents=True, exist_ok=True)
