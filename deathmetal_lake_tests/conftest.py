@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from dagster import DagsterInstance
 
 from deathmetal_lake.local_aws import ensure_running, stop
 from deathmetal_lake.settings import AwsMode, LakeSettings
@@ -55,6 +58,31 @@ def make_settings(state_dir: Path, **overrides: Any) -> LakeSettings:
 
 def aws_client(settings: LakeSettings, service: str) -> Any:
     return boto3.client(service, **settings.boto3_client_kwargs())
+
+
+@contextmanager
+def sample_lake_built(root: Path) -> Iterator[tuple[LakeSettings, DagsterInstance]]:
+    """The committed sample ingested by `run_lake` into a lake of its own under `root`.
+
+    For module-scoped fixtures: the per-test environment isolation does not cover them, so this
+    isolates the environment itself for as long as the lake lives.
+    """
+    from deathmetal_lake.run import run_lake
+
+    csv_dir = root / "csv"
+    shutil.copytree(SAMPLE_CSV_DIR, csv_dir)
+    settings = make_settings(root / "state", csv_dir=csv_dir)
+    with pytest.MonkeyPatch.context() as env:
+        isolate_env(env, root)
+        ensure_running(settings)
+        try:
+            settings.instance_dir.mkdir(parents=True, exist_ok=True)
+            with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+                # Every test reads this lake: a failed build errors them all, not misleads them.
+                assert run_lake(settings, instance), "run_lake failed over the sample; see the log"
+                yield settings, instance
+        finally:
+            stop(settings)
 
 
 @pytest.fixture

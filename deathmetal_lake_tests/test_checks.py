@@ -7,7 +7,6 @@ temporary directory; the sample is built with `run_lake` on the embedded AWS, ch
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from dagster import (
     materialize,
 )
 
-import deathmetal_lake.run as run_module
 from deathmetal_lake.assets.bronze import bronze_assets
 from deathmetal_lake.assets.gold import gold_assets
 from deathmetal_lake.assets.silver import silver_assets
@@ -35,12 +33,11 @@ from deathmetal_lake.checks import contracts, freshness, gold, lake_checks, reco
 from deathmetal_lake.checks.evidence import SAMPLE_ROWS
 from deathmetal_lake.definitions import defs
 from deathmetal_lake.jobs import lake_checks_job
-from deathmetal_lake.local_aws import ensure_running, stop
 from deathmetal_lake.resources import LakeParquetIOManager, LakeResource, LakeS3Resource
 from deathmetal_lake.rules import CONTRACTS, RULES, ForeignKey
 from deathmetal_lake.transforms import gold as gold_transforms
 from deathmetal_lake.transforms import silver as silver_transforms
-from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, isolate_env, make_settings
+from deathmetal_lake_tests.conftest import sample_lake_built
 
 YEAR = 2026
 ERROR, WARN = AssetCheckSeverity.ERROR, AssetCheckSeverity.WARN
@@ -500,20 +497,8 @@ def test_warn_on_silver_does_not_block_gold(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sample_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    root = tmp_path_factory.mktemp("checks_lake")
-    csv_dir = root / "csv"
-    shutil.copytree(SAMPLE_CSV_DIR, csv_dir)
-    settings = make_settings(root / "state", csv_dir=csv_dir)
-    with pytest.MonkeyPatch.context() as env:
-        isolate_env(env, root)
-        ensure_running(settings)
-        try:
-            settings.instance_dir.mkdir(parents=True, exist_ok=True)
-            with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
-                assert run_module.run_lake(settings, instance)
-                yield SimpleNamespace(settings=settings, instance=instance)
-        finally:
-            stop(settings)
+    with sample_lake_built(tmp_path_factory.mktemp("checks_lake")) as (settings, instance):
+        yield SimpleNamespace(settings=settings, instance=instance)
 
 
 def _instance_evaluations(instance: DagsterInstance) -> list[AssetCheckEvaluation]:

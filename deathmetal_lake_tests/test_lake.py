@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +33,10 @@ from dagster import (
 from polars.testing import assert_frame_equal
 from pyarrow.fs import S3FileSystem
 
-from deathmetal_lake.local_aws import ensure_running, stop
 from deathmetal_lake.run import run_lake
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.transforms.gold import DEFAULT_PRIOR_WEIGHT
-from deathmetal_lake_tests.conftest import SAMPLE_CSV_DIR, aws_client, isolate_env, make_settings
+from deathmetal_lake_tests.conftest import aws_client, sample_lake_built
 
 DATASETS = ("albums", "bands", "reviews")
 COLUMNS = {
@@ -91,29 +89,15 @@ def ingest_id(path: Path) -> str:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     root = tmp_path_factory.mktemp("lake")
-    csv_dir = root / "csv"
-    shutil.copytree(SAMPLE_CSV_DIR, csv_dir)
-    settings = make_settings(root / "state", csv_dir=csv_dir)
-    with pytest.MonkeyPatch.context() as env:
-        # conftest's isolation is per test; this lake outlives a test, so isolate it too.
-        isolate_env(env, root)
-        ensure_running(settings)
-        try:
-            settings.instance_dir.mkdir(parents=True, exist_ok=True)
-            with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
-                ok = run_lake(settings, instance)
-                # Every test reads this lake: a failed build errors them all, not misleads them.
-                assert ok, "run_lake failed over the sample; the Dagster log above says why"
-                yield Lake(
-                    settings=settings,
-                    instance=instance,
-                    s3=aws_client(settings, "s3"),
-                    sample_ingests={
-                        f"{name}.csv": ingest_id(csv_dir / f"{name}.csv") for name in DATASETS
-                    },
-                )
-        finally:
-            stop(settings)
+    with sample_lake_built(root) as (settings, instance):
+        yield Lake(
+            settings=settings,
+            instance=instance,
+            s3=aws_client(settings, "s3"),
+            sample_ingests={
+                f"{name}.csv": ingest_id(settings.csv_dir / f"{name}.csv") for name in DATASETS
+            },
+        )
 
 
 # ---------------------------------------------------------------------------------------------
