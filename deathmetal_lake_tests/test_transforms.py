@@ -64,7 +64,7 @@ def reasons(result: silver.SilverResult) -> dict[str, str]:
 
 
 def ids(result: silver.SilverResult) -> list[int]:
-    return result.table.collect()["id"].to_list()
+    return sorted(result.table.collect()["id"].to_list())
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_bands_are_typed_and_cleaned():
             **PROVENANCE_SCHEMA,
         },
     )
-    assert_frame_equal(result.table.collect(), expected)
+    assert_frame_equal(result.table.collect().sort("id"), expected)
     assert result.quarantine.collect().height == 0
 
 
@@ -409,7 +409,7 @@ def test_latest_ingest_wins_across_files_and_later_row_within_an_ingest():
         [{"id": "1", "score": "11"}, {"id": "3", "score": "30"}],
     )
     result = build("reviews", ("i1", base), ("i2", increment))
-    table = result.table.collect()
+    table = result.table.collect().sort("id")
     assert table.select("id", "score", "_source_file", "_source_row").rows() == [
         (1, 11.0, "reviews_2026-11.csv", 1),
         (2, 21.0, "reviews.csv", 3),
@@ -446,7 +446,7 @@ def test_a_newer_ingest_of_the_same_file_replaces_the_older_one():
     other = bronze("bands", "bands_extra.csv", "i2", [{"id": "5"}])
     new = bronze("bands", "bands.csv", "i3", [{"id": "2", "name": "New"}, {"id": "3"}])
     result = build("bands", ("i1", old), ("i2", other), ("i3", new))
-    table = result.table.collect()
+    table = result.table.collect().sort("id")
     assert table.select("id", "_ingest_id").rows() == [(2, "i3"), (3, "i3"), (5, "i2")]
     assert table.filter(pl.col("id") == 2)["name"].to_list() == ["New"]
     # Superseded rows are neither silver nor quarantine: the invalid row of i1 is gone too.
@@ -551,7 +551,7 @@ def test_invariant_input_rows_equal_silver_plus_quarantine():
     }
     order = ["i1", "i2", "i3"]
     result = silver.build_silver("reviews", ingests, order, current_year=YEAR)
-    table, quarantine = result.table.collect(), result.quarantine.collect()
+    table, quarantine = result.table.collect().sort("id"), result.quarantine.collect()
     input_rows = silver.latest_bronze("reviews", ingests, order).collect().height
     assert input_rows == 7 + 7
     assert table.height + quarantine.height == input_rows

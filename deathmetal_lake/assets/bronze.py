@@ -36,17 +36,18 @@ def bronze_key(dataset: Dataset) -> AssetKey:
 def landing_lines(
     uris: list[str], ingest_id: str, schema: Mapping[str, pl.DataType], storage_options: dict
 ) -> pl.LazyFrame:
-    """The ingest's lines from its landing objects, delivery copies removed, in source order.
+    """The ingest's lines from its landing objects, delivery copies removed, in delivery order.
 
     Lazy, so the IO manager streams it into Parquet: a large ingest is never held whole in memory.
+    Not sorted: sorting by `_source_row` held the whole ingest in memory (4.6 GiB at scale 100);
+    `_source_row` is there for anyone who needs source order.
     """
     if not uris:
         return pl.LazyFrame(schema=schema)
     return (
         pl.scan_ndjson(uris, schema=schema, storage_options=storage_options)
         .filter(pl.col("_ingest_id") == ingest_id)
-        .unique(subset=["_source_row"], keep="any")
-        .sort("_source_row")
+        .filter(pl.col("_source_row").is_first_distinct())
     )
 
 

@@ -64,7 +64,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
                 ),
                 metadata={"descriptions": transforms.SILVER_COLUMN_DESCRIPTIONS[dataset.name]},
                 automation_condition=follow_ingests(),
-                dagster_type=pl.DataFrame,
+                dagster_type=pl.LazyFrame,
             ),
             "quarantine": AssetOut(
                 key=quarantine_key(dataset),
@@ -76,7 +76,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
                     f"`_reject_reason`. At `quarantine/{dataset.name}.parquet`."
                 ),
                 automation_condition=follow_ingests(),
-                dagster_type=pl.DataFrame,
+                dagster_type=pl.LazyFrame,
             ),
         },
         ins={
@@ -89,43 +89,46 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
     )
     def silver(
         context: AssetExecutionContext, bronze: dict[str, pl.LazyFrame]
-    ) -> Iterator[Output[pl.DataFrame]]:
+    ) -> Iterator[Output[pl.LazyFrame]]:
         order = [
             key for key in context.instance.get_dynamic_partitions(partitions.name) if key in bronze
         ]
         source_files = {key: _source_file(key) for key in order}
-        result = transforms.build_silver(
+        plan = transforms.plan_silver(
             dataset.name,
             bronze,
             order,
             current_year=datetime.now(UTC).year,
             source_files=source_files,
         )
-        latest = transforms.latest_bronze(dataset.name, bronze, order, source_files=source_files)
-        # One pass for both outputs and the count: the upsert's windows need the whole table in
-        # memory anyway, and sinking the two lazily would compute the plan once per output.
-        bronze_rows, table, quarantine = pl.collect_all(
-            [latest.select(pl.len()), result.table, result.quarantine]
+        # The rejected rows are few; deciding them first lets both outputs stream into Parquet.
+        rejected = plan.rejected.collect(engine="streaming")
+        result = plan.split(rejected.lazy())
+        bronze_rows = (
+            transforms.latest_bronze(dataset.name, bronze, order, source_files=source_files)
+            .select(pl.len())
+            .collect(engine="streaming")
+            .item()
         )
-        reasons = quarantine.group_by(transforms.REJECT_REASON_COLUMN).len()
+        reasons = rejected.group_by(transforms.REJECT_REASON_COLUMN).len()
         ingests = sorted({source_files[key] for key in order})
         yield Output(
-            table,
+            result.table,
             output_name="table",
             metadata={
-                "dagster/row_count": table.height,
-                "bronze_rows": bronze_rows.item(),
-                "quarantine_rows": quarantine.height,
+                "dagster/row_count": bronze_rows - rejected.height,
+                "bronze_rows": bronze_rows,
+                "quarantine_rows": rejected.height,
                 "ingests_used": MetadataValue.json(
                     {name: [k for k in order if source_files[k] == name][-1] for name in ingests}
                 ),
             },
         )
         yield Output(
-            quarantine,
+            result.quarantine,
             output_name="quarantine",
             metadata={
-                "dagster/row_count": quarantine.height,
+                "dagster/row_count": rejected.height,
                 "reasons": MetadataValue.json(
                     {row[transforms.REJECT_REASON_COLUMN]: row["len"] for row in reasons.to_dicts()}
                 ),
@@ -154,7 +157,8 @@ def _join_asset(
         automation_condition=follow_upstream(),
     )
     def join(left: pl.LazyFrame, right: pl.LazyFrame) -> Output[pl.LazyFrame]:
-        orphans = transforms.count_orphans(left, right, foreign_key).collect().row(0, named=True)
+        orphans = transforms.count_orphans(left, right, foreign_key)
+        orphans = orphans.collect(engine="streaming").row(0, named=True)
         return Output(
             build(left, right),
             metadata={
