@@ -15,7 +15,7 @@ from deathmetal_lake.assets.gold import gold_assets
 from deathmetal_lake.assets.landing import landing_assets
 from deathmetal_lake.assets.silver import silver_assets
 from deathmetal_lake.checks import lake_checks, with_freshness_policy
-from deathmetal_lake.jobs import lake_checks_job, refresh_lake_job
+from deathmetal_lake.jobs import ingest_checks_jobs, lake_checks_job, refresh_lake_job
 from deathmetal_lake.resources import build_resources
 from deathmetal_lake.sensors import csv_dir_sensor, s3_raw_sensor
 from deathmetal_lake.settings import load_settings
@@ -35,7 +35,7 @@ defs = Definitions(
     assets=with_freshness_policy([*landing_assets, *bronze_assets, *silver_assets, *gold_assets]),
     asset_checks=lake_checks,
     sensors=[csv_dir_sensor, s3_raw_sensor, lake_automation_sensor],
-    jobs=[refresh_lake_job, lake_checks_job],
+    jobs=[refresh_lake_job, lake_checks_job, *ingest_checks_jobs],
     resources=build_resources(load_settings()),
     executor=in_process_executor,
 )

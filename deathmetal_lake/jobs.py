@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dagster import AssetSelection, define_asset_job
+
+from deathmetal_lake.assets.bronze import bronze_key
+from deathmetal_lake.assets.landing import landing_key
+from deathmetal_lake.datasets import DATASETS, Dataset
+
+if TYPE_CHECKING:  # what `define_asset_job` returns; not exported by `dagster` itself
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
+
+# Dagster's run tag for the partition a run targets (`dagster._core.storage.tags`).
+PARTITION_TAG = "dagster/partition"
 
 refresh_lake_job = define_asset_job(
     "refresh_lake",
@@ -13,8 +27,8 @@ refresh_lake_job = define_asset_job(
 )
 
 # The silver and gold checks on their own, over the lake as it is (nothing is materialized). The
-# landing and bronze reconciliation checks are partitioned by ingest and run with every ingest
-# (Dagster cannot run partitioned checks of several partitions definitions in one job).
+# landing and bronze checks are partitioned by ingest, one partitions definition per dataset, so
+# they have a job per dataset (`ingest_checks_job`).
 lake_checks_job = define_asset_job(
     "lake_checks",
     selection=AssetSelection.all_asset_checks() & AssetSelection.groups("silver", "gold"),
@@ -23,3 +37,29 @@ lake_checks_job = define_asset_job(
         "sanity, freshness) without materializing anything."
     ),
 )
+
+
+def ingest_checks_job_name(dataset: Dataset) -> str:
+    return f"{dataset.name}_ingest_checks"
+
+
+def ingest_checks_job(dataset: Dataset) -> UnresolvedAssetJobDefinition:
+    """A dataset's landing and bronze checks alone, on the ingest named by the run's partition tag.
+
+    Dagster 1.13 takes an asset job's partitions from the assets it materializes; a job of checks
+    only materializes none, so it is not partitioned (`dagster job execute --partition` and
+    backfills refuse it). The checks still read the run's `dagster/partition` tag as their
+    partition, evaluate that one ingest and record the result on it.
+    """
+    return define_asset_job(
+        ingest_checks_job_name(dataset),
+        selection=AssetSelection.checks_for_assets(landing_key(dataset), bronze_key(dataset)),
+        description=(
+            f"Runs the {dataset.name} landing and bronze reconciliation checks on one ingest, "
+            f"without materializing anything. Launch it with the tag "
+            f"{PARTITION_TAG}=<ingest partition key>."
+        ),
+    )
+
+
+ingest_checks_jobs = [ingest_checks_job(dataset) for dataset in DATASETS]

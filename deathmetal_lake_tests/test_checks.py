@@ -7,8 +7,14 @@ temporary directory; the sample is built with `run_lake` on the embedded AWS, ch
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +29,7 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     Definitions,
+    RunsFilter,
     materialize,
 )
 
@@ -30,6 +37,7 @@ from deathmetal_lake.assets.bronze import bronze_assets
 from deathmetal_lake.assets.gold import gold_assets
 from deathmetal_lake.assets.silver import silver_assets
 from deathmetal_lake.checks import contracts, freshness, gold, lake_checks, reconciliation
+from deathmetal_lake.checks import run as checks_run
 from deathmetal_lake.checks.evidence import SAMPLE_ROWS
 from deathmetal_lake.definitions import defs
 from deathmetal_lake.jobs import lake_checks_job
@@ -37,7 +45,7 @@ from deathmetal_lake.resources import LakeParquetIOManager, LakeResource, LakeS3
 from deathmetal_lake.rules import CONTRACTS, RULES, ForeignKey
 from deathmetal_lake.transforms import gold as gold_transforms
 from deathmetal_lake.transforms import silver as silver_transforms
-from deathmetal_lake_tests.conftest import sample_lake_built
+from deathmetal_lake_tests.conftest import REPO_ROOT, aws_client, sample_lake_built
 
 YEAR = 2026
 ERROR, WARN = AssetCheckSeverity.ERROR, AssetCheckSeverity.WARN
@@ -106,8 +114,8 @@ def build(dataset: str, rows: list[dict[str, Any]]) -> silver_transforms.SilverR
     result = silver_transforms.build_silver(
         dataset, {ingest: bronze_frame(dataset, rows, ingest).lazy()}, [ingest], current_year=YEAR
     )
-    return silver_transforms.SilverResult(
-        result.table.collect().lazy(), result.quarantine.collect().lazy()
+    return result._replace(
+        table=result.table.collect().lazy(), quarantine=result.quarantine.collect().lazy()
     )
 
 
@@ -394,7 +402,7 @@ def test_definitions_register_checks_job_and_freshness_policy() -> None:
         for spec in d.check_specs:
             partitioned = spec.asset_key.path[0] in {"landing", "bronze"}
             assert (spec.partitions_def is not None) == partitioned, spec.key
-    job = defs.get_job_def(lake_checks_job.name)
+    job = defs.resolve_job_def(lake_checks_job.name)
     assert {n.name for n in job.nodes} and all(
         n.name.startswith(("silver__", "quarantine__", "gold__")) for n in job.nodes
     )
@@ -502,9 +510,10 @@ def sample_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _instance_evaluations(instance: DagsterInstance) -> list[AssetCheckEvaluation]:
+    """The evaluations of the sample's build (`run_lake`), not of later checks-only runs."""
     return [
         event.dagster_event.event_specific_data
-        for run in instance.get_runs()
+        for run in instance.get_runs(RunsFilter(tags={"lake/launched_by": "make run"}))
         for event in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
     ]
 
@@ -556,11 +565,143 @@ def test_lake_checks_job_runs_the_checks_alone(sample_lake) -> None:
         k: instance.get_latest_materialization_event(k)
         for k in defs.resolve_asset_graph().get_all_asset_keys()
     }
-    result = job_defs.get_job_def(lake_checks_job.name).execute_in_process(instance=instance)
+    result = job_defs.resolve_job_def(lake_checks_job.name).execute_in_process(instance=instance)
     assert result.success
     evaluations = _evaluations(result)
-    assert len(evaluations) == len(job_defs.get_job_def(lake_checks_job.name).nodes)
+    assert len(evaluations) == len(job_defs.resolve_job_def(lake_checks_job.name).nodes)
     assert all(e.passed for e in evaluations.values() if e.severity == ERROR)
     assert all(evaluations[k].passed for k in evaluations if k[1] == "follows_upstream")
     assert not result.get_asset_materialization_events()
     assert before == {k: instance.get_latest_materialization_event(k) for k in before}
+
+
+# ---------------------------------------------------------------------------------------------
+# The landing and bronze checks alone, one ingest at a time, on the sample lake's S3
+
+
+def _ingest(instance: DagsterInstance, dataset: str) -> str:
+    (key,) = instance.get_dynamic_partitions(f"{dataset}_ingests")
+    return key
+
+
+def _by_check(result: Any) -> dict[str, AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@contextmanager
+def _replaced(s3: Any, bucket: str, key: str, body: bytes) -> Iterator[None]:
+    """The object `key` holds `body` inside the block and its original content again after."""
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    try:
+        yield
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=original)
+
+
+def _problems(evaluation: AssetCheckEvaluation) -> set[tuple[str, int, str, str]]:
+    return {
+        (r["problem"].split(":")[0], r["_source_row"], r["_source_file"], r["_ingest_id"])
+        for r in evaluation.metadata["failing_rows_json"].value
+    }
+
+
+@pytest.mark.slow
+def test_ingest_checks_run_alone_and_catch_tampered_landing_and_bronze(sample_lake) -> None:
+    settings, instance = sample_lake.settings, sample_lake.instance
+    albums, bands = _ingest(instance, "albums"), _ingest(instance, "bands")
+    targets = {"albums": [albums], "bands": [bands]}
+    for ingest, result in checks_run.run_ingest_checks(settings, instance, targets).items():
+        assert result.success
+        evaluations = _by_check(result)
+        assert set(evaluations) == {"landing_delivered_every_row", "bronze_matches_landing"}
+        assert all(e.passed and e.partition == ingest for e in evaluations.values())
+        assert not result.get_asset_materialization_events()
+
+    s3, bucket = aws_client(settings, "s3"), settings.bucket
+    # bronze of bands: source row 5 lost, source row 7 twice
+    bronze_object = f"bronze/bands/{bands}.parquet"
+    bronze = pl.read_parquet(
+        io.BytesIO(s3.get_object(Bucket=bucket, Key=bronze_object)["Body"].read())
+    )
+    bad_bronze = io.BytesIO()
+    pl.concat(
+        [bronze.filter(pl.col("_source_row") != 5), bronze.filter(pl.col("_source_row") == 7)]
+    ).write_parquet(bad_bronze)
+    # landing of albums: three lines of its largest delivered object gone
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="landing/albums/")["Contents"]
+    landing_object = max(listed, key=lambda o: o["Size"])["Key"]
+    lines = s3.get_object(Bucket=bucket, Key=landing_object)["Body"].read().splitlines(True)
+    dropped = {json.loads(line)["_source_row"] for line in lines[1:4]}
+    with (
+        _replaced(s3, bucket, bronze_object, bad_bronze.getvalue()),
+        _replaced(s3, bucket, landing_object, b"".join(lines[:1] + lines[4:])),
+    ):
+        results = checks_run.run_ingest_checks(settings, instance, targets)
+
+    checks = _by_check(results[bands])
+    assert checks["landing_delivered_every_row"].passed
+    bronze_check = checks["bronze_matches_landing"]
+    assert (bronze_check.passed, bronze_check.severity, bronze_check.blocking) == (
+        False,
+        ERROR,
+        True,
+    )
+    assert bronze_check.partition == bands
+    assert _problems(bronze_check) == {
+        ("missing", 5, "bands.csv", bands),
+        ("doubled", 7, "bands.csv", bands),
+    }
+    checks = _by_check(results[albums])
+    landing_check = checks["landing_delivered_every_row"]
+    assert (landing_check.passed, landing_check.severity, landing_check.partition) == (
+        False,
+        ERROR,
+        albums,
+    )
+    assert landing_check.metadata["missing_rows"].value == 3
+    assert _problems(landing_check) == {("missing", r, "albums.csv", albums) for r in dropped}
+    # Bronze still has the rows whose landing lines are gone: extra rows of the same ingest.
+    assert _problems(checks["bronze_matches_landing"]) == {
+        ("extra", r, "albums.csv", albums) for r in dropped
+    }
+
+
+@pytest.mark.slow
+def test_ingest_checks_from_the_command_line(
+    sample_lake, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, instance = sample_lake.settings, sample_lake.instance
+    env = {
+        "LAKE_STATE_DIR": str(settings.state_dir),
+        "LAKE_EMBEDDED_PORT": str(settings.embedded_port),
+        "LAKE_CSV_DIR": str(settings.csv_dir),
+        "DAGSTER_HOME": str(settings.instance_dir),
+    }
+    reviews = _ingest(instance, "reviews")
+    # The README's command for one ingest: the job, the ingest in the partition tag.
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            *("job", "execute", "-m", "deathmetal_lake.definitions", "-j", "reviews_ingest_checks"),
+            *("--tags", json.dumps({"dagster/partition": reviews})),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for asset, check in (("landing", "landing_delivered_every_row"), ("bronze", "bronze_matches")):
+        assert f"Asset check '{check}" in output and f"on '{asset}/reviews' passed" in output
+    (run,) = instance.get_runs(RunsFilter(job_name="reviews_ingest_checks"))
+    assert run.tags["dagster/partition"] == reviews
+    # Every ingest of every dataset, in-process as `python -m deathmetal_lake.checks.run`.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert checks_run.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": passed") == 6
+    assert all(_ingest(instance, d) in out for d in ("albums", "bands", "reviews"))

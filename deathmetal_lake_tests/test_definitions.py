@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
@@ -115,6 +116,17 @@ def test_refresh_lake_job_rebuilds_silver_and_gold() -> None:
     assert set(job.asset_layer.selected_asset_keys) == {
         key for key, group in EXPECTED_GROUPS.items() if group in ("silver", "gold")
     }
+
+
+def test_ingest_checks_jobs_run_their_datasets_landing_and_bronze_checks_alone() -> None:
+    for dataset in DATASET_NAMES:
+        job = defs.resolve_job_def(f"{dataset}_ingest_checks")
+        assert job.description and "dagster/partition" in job.description
+        assert job.asset_layer.asset_graph.asset_check_keys == {
+            AssetCheckKey(AssetKey(["landing", dataset]), "landing_delivered_every_row"),
+            AssetCheckKey(AssetKey(["bronze", dataset]), "bronze_matches_landing"),
+        }
+        assert not job.asset_layer.selected_asset_keys  # checks only: nothing is materialized
 
 
 def test_joins_and_gold_carry_column_lineage_to_their_inputs(asset_graph) -> None:

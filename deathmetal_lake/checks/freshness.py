@@ -2,11 +2,14 @@
 
 Two views, both declared in `rules.py`:
 - `follows_upstream` checks (WARN): a table is stale when an asset it reads materialized after
-  it did and it has not followed within FOLLOW_UPSTREAM_WITHIN_MINUTES. They run with their asset
-  (and pass then) and by themselves every FRESHNESS_CHECK_CRON through the lake's automation
-  sensor, so a stuck refresh shows without anyone running anything.
+  it did and it has not followed within FOLLOW_UPSTREAM_WITHIN_MINUTES. They run by themselves
+  every FRESHNESS_CHECK_CRON through the lake's automation sensor, so a stuck refresh shows
+  without anyone running anything; that cron is their automation condition, so the automatic
+  refreshes leave them out, while `make run` and the `refresh_lake`/`lake_checks` jobs run them.
 - a Dagster `FreshnessPolicy.time_window` on every silver and gold asset (`with_freshness_policy`),
-  the UI's freshness state: time since the last materialization, whatever the upstream did.
+  the UI's freshness state: time since the last materialization, whatever the upstream did. The
+  Dagster daemon's freshness evaluator (in `dagster dev`, every 30 s) records that state; nothing
+  to switch on, and without a daemon it is never updated.
 """
 
 from collections.abc import Mapping, Sequence

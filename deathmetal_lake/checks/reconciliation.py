@@ -213,8 +213,14 @@ def evaluate_bronze(
         },
         thresholds={"missing_or_extra_rows": 0},
         failing=failing,
-        description=f"ingest {ingest_id}: {bronze.height} bronze rows, "
-        f"{len(landing)} distinct landing lines",
+        description=(
+            f"ingest {ingest_id}: {bronze.height} bronze rows, "
+            f"{len(landing)} distinct landing lines"
+            if failing.is_empty()
+            else f"ingest {ingest_id}: {len(landing - in_bronze)} landing lines missing from "
+            f"bronze, {len(in_bronze - landing)} extra, {len(doubled)} doubled, "
+            f"{wrong_ingest.height} of another ingest"
+        ),
     )
 
 
