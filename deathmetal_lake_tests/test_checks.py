@@ -178,12 +178,17 @@ def test_landing_reconciles_source_rows_with_deliveries_and_errors() -> None:
     assert len(rows) == 6 and rows[-1]["_source_row"] == 60
 
 
-def test_landing_rows_dedupes_copies_and_ignores_other_ingests() -> None:
+def test_landing_rows_dedupes_copies_and_ignores_other_ingests(tmp_path: Path) -> None:
     bodies = [
         b'{"_ingest_id":"a","_source_row":1,"x":"1"}\n{"_ingest_id":"a","_source_row":2}\n',
-        b'{"_ingest_id":"a","_source_row":2}\n{"_ingest_id":"b","_source_row":9}\n',
+        b'{"_ingest_id":"a","_source_row":2}\n{"_ingest_id":"b","_source_row":9,"y":[1]}\n\n',
+        b"",
     ]
-    assert reconciliation.landing_rows(bodies, "a").to_list() == [1, 2]
+    for i, body in enumerate(bodies):
+        (tmp_path / f"{i}.json").write_bytes(body)
+    lines = reconciliation.scan_landing(sorted(str(p) for p in tmp_path.iterdir()), {})
+    assert reconciliation.landing_rows(lines, "a").to_list() == [1, 2]
+    assert reconciliation.landing_rows(reconciliation.scan_landing([], {}), "a").is_empty()
 
 
 def test_bronze_equals_distinct_landing_lines() -> None:

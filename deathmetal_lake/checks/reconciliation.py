@@ -9,11 +9,12 @@ materialized (one partition), never every ingest. The `evaluate_*` functions are
 and testable without Dagster; the `build_*` functions wire them to assets and storage.
 """
 
-import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import polars as pl
 from dagster import (
+    AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
@@ -25,7 +26,7 @@ from dagster import (
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import DELIVERED_OBJECTS, landing_key
 from deathmetal_lake.assets.silver import quarantine_key, silver_key
-from deathmetal_lake.checks.evidence import check_result, read_lake_parquet
+from deathmetal_lake.checks.evidence import SAMPLE_ROWS, check_result
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource, LakeS3Resource
@@ -43,14 +44,14 @@ def source_file_of(ingest_id: str) -> str:
     return f"{ingest_id.rsplit('-', 1)[0]}.csv"
 
 
-def _problems(problem: str, ingest_id: str, rows: Iterable[int]) -> pl.DataFrame:
-    rows = sorted(rows)
+def _problems(problem: str, ingest_id: str, rows: pl.Series) -> pl.DataFrame:
+    rows = rows.sort().head(SAMPLE_ROWS)
     return pl.DataFrame(
         {
             "problem": [problem] * len(rows),
             "_ingest_id": [ingest_id] * len(rows),
             "_source_file": [source_file_of(ingest_id)] * len(rows),
-            "_source_row": rows,
+            "_source_row": rows.to_list(),
         },
         schema={
             "problem": pl.String,
@@ -65,15 +66,21 @@ def _problems(problem: str, ingest_id: str, rows: Iterable[int]) -> pl.DataFrame
 # landing
 
 
+def _rows(values: Iterable[int]) -> pl.Series:
+    """Distinct row numbers as a Series: set logic in Polars, not in Python sets of millions."""
+    return pl.Series("_source_row", values, dtype=pl.Int64).unique()
+
+
 def evaluate_landing(
     ingest_id: str, source_rows: int, delivered_rows: Iterable[int], error_rows: Iterable[int]
 ) -> AssetCheckResult:
     """Source rows 1..source_rows = distinct delivered `_source_row`s + rows in `errors/`."""
-    delivered, errors = set(delivered_rows), set(error_rows)
-    expected = set(range(1, source_rows + 1))
-    missing = expected - delivered - errors
-    extra = (delivered | errors) - expected
-    doubled = delivered & errors
+    delivered, errors = _rows(delivered_rows), _rows(error_rows)
+    expected = pl.int_range(1, source_rows + 1, dtype=pl.Int64, eager=True)
+    accounted = pl.concat([delivered, errors]).unique()
+    missing = expected.filter(~expected.is_in(accounted.implode()))
+    extra = accounted.filter(~accounted.is_in(expected.implode()))
+    doubled = delivered.filter(delivered.is_in(errors.implode()))
     failing = pl.concat(
         [
             _problems("missing: neither delivered nor in errors/", ingest_id, missing),
@@ -85,35 +92,39 @@ def evaluate_landing(
         passed=failing.is_empty(),
         counts={
             "source_rows": source_rows,
-            "delivered_rows": len(delivered),
-            "error_rows": len(errors),
-            "missing_rows": len(missing),
-            "extra_rows": len(extra),
-            "doubled_rows": len(doubled),
+            "delivered_rows": delivered.len(),
+            "error_rows": errors.len(),
+            "missing_rows": missing.len(),
+            "extra_rows": extra.len(),
+            "doubled_rows": doubled.len(),
         },
         thresholds={"missing_or_extra_rows": 0},
         failing=failing,
         description=(
-            f"ingest {ingest_id}: {source_rows} source rows = {len(delivered)} delivered + "
-            f"{len(errors)} in errors/"
+            f"ingest {ingest_id}: {source_rows} source rows = {delivered.len()} delivered + "
+            f"{errors.len()} in errors/"
             if failing.is_empty()
-            else f"ingest {ingest_id}: {len(missing)} rows missing, {len(extra)} extra, "
-            f"{len(doubled)} doubled"
+            else f"ingest {ingest_id}: {missing.len()} rows missing, {extra.len()} extra, "
+            f"{doubled.len()} doubled"
         ),
     )
 
 
-def landing_rows(bodies: Iterable[bytes], ingest_id: str) -> pl.Series:
-    """The distinct `_source_row`s of one ingest in landing objects (JSON lines)."""
-    frames = [
-        pl.read_ndjson(io.BytesIO(body), schema_overrides=_ROWS, infer_schema_length=None)
-        .select(_ROWS.names())
-        .filter(pl.col("_ingest_id") == ingest_id)
-        for body in bodies
-        if body.strip()
-    ]
-    rows = pl.concat(frames) if frames else pl.DataFrame(schema=_ROWS)
-    return rows["_source_row"].cast(pl.Int64).unique().sort()
+def scan_landing(uris: Sequence[str], storage_options: Mapping[str, Any]) -> pl.LazyFrame:
+    """The ingest id and source row of every line of the given landing objects (JSON lines).
+
+    Polars parses the objects in Rust and keeps only these two fields, streaming, instead of
+    holding every object's bytes in Python.
+    """
+    if not uris:
+        return pl.LazyFrame(schema=_ROWS)
+    return pl.scan_ndjson(list(uris), schema=_ROWS, storage_options=dict(storage_options))
+
+
+def landing_rows(lines: pl.LazyFrame, ingest_id: str) -> pl.Series:
+    """The distinct `_source_row`s of one ingest among landing lines (delivery copies once)."""
+    rows = lines.filter(pl.col("_ingest_id") == ingest_id).select(pl.col("_source_row").unique())
+    return rows.collect(engine="streaming").to_series().sort()
 
 
 def _landing_metadata(context: AssetCheckExecutionContext, dataset: Dataset) -> Mapping:
@@ -126,9 +137,9 @@ def _landing_metadata(context: AssetCheckExecutionContext, dataset: Dataset) -> 
     return records[0].asset_materialization.metadata if records else {}
 
 
-def _read_objects(s3: LakeS3Resource, bucket: str, keys: Iterable[str]) -> list[bytes]:
-    client = s3.get_client()
-    return [client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys]
+def _scan_objects(lake: LakeResource, keys: Iterable[str]) -> pl.LazyFrame:
+    uris = [f"s3://{lake.bucket}/{key}" for key in keys]
+    return scan_landing(uris, lake.polars_storage_options())
 
 
 def _existing(s3: LakeS3Resource, bucket: str, keys: Mapping[int, str]) -> list[int]:
@@ -170,9 +181,9 @@ def build_landing_check(dataset: Dataset) -> AssetChecksDefinition:
             if "oversize_error_objects" in (metadata)
             else {}
         )
-        delivered = landing_rows(_read_objects(s3, lake.bucket, objects), ingest_id)
+        delivered = landing_rows(_scan_objects(lake, objects), ingest_id)
         errors = _existing(s3, lake.bucket, {int(row): key for row, key in oversize.items()})
-        return evaluate_landing(ingest_id, metadata["rows"].value, delivered.to_list(), errors)
+        return evaluate_landing(ingest_id, metadata["rows"].value, delivered, errors)
 
     return landing_delivered
 
@@ -182,20 +193,34 @@ def build_landing_check(dataset: Dataset) -> AssetChecksDefinition:
 
 
 def evaluate_bronze(
-    ingest_id: str, landing_source_rows: Iterable[int], bronze: pl.DataFrame
+    ingest_id: str, landing_source_rows: Iterable[int], bronze: pl.DataFrame | pl.LazyFrame
 ) -> AssetCheckResult:
-    """Bronze rows of an ingest = its distinct landing lines, each exactly once."""
-    landing = set(landing_source_rows)
-    counts = bronze.group_by("_source_row").len()
-    doubled = counts.filter(pl.col("len") > 1)["_source_row"].to_list()
-    in_bronze = set(counts["_source_row"].to_list())
-    wrong_ingest = bronze.filter(pl.col("_ingest_id") != ingest_id)
+    """Bronze rows of an ingest = its distinct landing lines, each exactly once.
+
+    Reads only the provenance columns of bronze.
+    """
+    landing = _rows(landing_source_rows)
+    rows = bronze.lazy().select("_ingest_id", "_source_file", "_source_row")
+    counts, wrong_ingest = pl.collect_all(
+        [
+            rows.group_by("_source_row").len(),
+            rows.filter(pl.col("_ingest_id") != ingest_id),
+        ],
+        engine="streaming",
+    )
+    in_bronze = counts["_source_row"]
+    bronze_rows = int(counts["len"].sum())
+    missing = landing.filter(~landing.is_in(in_bronze.implode()))
+    extra = in_bronze.filter(~in_bronze.is_in(landing.implode()))
+    doubled = counts.filter(pl.col("len") > 1)["_source_row"]
     failing = pl.concat(
         [
-            _problems("missing: a landing line not in bronze", ingest_id, landing - in_bronze),
-            _problems("extra: a bronze row with no landing line", ingest_id, in_bronze - landing),
+            _problems("missing: a landing line not in bronze", ingest_id, missing),
+            _problems("extra: a bronze row with no landing line", ingest_id, extra),
             _problems("doubled: in bronze more than once", ingest_id, doubled),
-            wrong_ingest.select(
+            wrong_ingest.sort("_source_row")
+            .head(SAMPLE_ROWS)
+            .select(
                 pl.lit("another ingest's row").alias("problem"),
                 *(pl.col(c) for c in _PROBLEM_COLUMNS[1:]),
             ),
@@ -204,21 +229,20 @@ def evaluate_bronze(
     return check_result(
         passed=failing.is_empty(),
         counts={
-            "landing_lines": len(landing),
-            "bronze_rows": bronze.height,
-            "missing_rows": len(landing - in_bronze),
-            "extra_rows": len(in_bronze - landing),
-            "doubled_rows": len(doubled),
+            "landing_lines": landing.len(),
+            "bronze_rows": bronze_rows,
+            "missing_rows": missing.len(),
+            "extra_rows": extra.len(),
+            "doubled_rows": doubled.len(),
             "other_ingest_rows": wrong_ingest.height,
         },
         thresholds={"missing_or_extra_rows": 0},
         failing=failing,
         description=(
-            f"ingest {ingest_id}: {bronze.height} bronze rows, "
-            f"{len(landing)} distinct landing lines"
+            f"ingest {ingest_id}: {bronze_rows} bronze rows, {landing.len()} distinct landing lines"
             if failing.is_empty()
-            else f"ingest {ingest_id}: {len(landing - in_bronze)} landing lines missing from "
-            f"bronze, {len(in_bronze - landing)} extra, {len(doubled)} doubled, "
+            else f"ingest {ingest_id}: {missing.len()} landing lines missing from "
+            f"bronze, {extra.len()} extra, {doubled.len()} doubled, "
             f"{wrong_ingest.height} of another ingest"
         ),
     )
@@ -238,14 +262,13 @@ def build_bronze_check(dataset: Dataset) -> AssetChecksDefinition:
     def bronze_matches_landing(
         context: AssetCheckExecutionContext,
         lake: LakeResource,
-        s3: LakeS3Resource,
-        bronze: pl.DataFrame,
+        bronze: pl.LazyFrame,
     ) -> AssetCheckResult:
         ingest_id = context.partition_key
         metadata = _landing_metadata(context, dataset)
         objects = metadata[DELIVERED_OBJECTS].value if DELIVERED_OBJECTS in metadata else {}
-        landing = landing_rows(_read_objects(s3, lake.bucket, objects), ingest_id)
-        return evaluate_bronze(ingest_id, landing.to_list(), bronze)
+        landing = landing_rows(_scan_objects(lake, objects), ingest_id)
+        return evaluate_bronze(ingest_id, landing, bronze)
 
     return bronze_matches_landing
 
@@ -260,21 +283,43 @@ def latest_ingests(ingest_order: Iterable[str]) -> dict[str, str]:
 
 
 def evaluate_silver(
-    dataset: str, bronze_latest: pl.DataFrame, silver: pl.DataFrame, quarantine: pl.DataFrame
+    dataset: str,
+    bronze_latest: pl.DataFrame | pl.LazyFrame,
+    silver: pl.DataFrame | pl.LazyFrame,
+    quarantine: pl.DataFrame | pl.LazyFrame,
 ) -> AssetCheckResult:
-    """For the latest ingests: every bronze row is in silver or quarantine, exactly once."""
+    """For the latest ingests: every bronze row is in silver or quarantine, exactly once.
+
+    Reads only `_ingest_id` and `_source_row` of each table.
+    """
     key = ["_ingest_id", "_source_row"]
-    bronze_rows = bronze_latest.select(key).with_columns(pl.col("_source_row").cast(pl.Int64))
-    out = pl.concat(
-        [
-            silver.select(key).with_columns(pl.col("_source_row").cast(pl.Int64)),
-            quarantine.select(key).with_columns(pl.col("_source_row").cast(pl.Int64)),
-        ]
+
+    def provenance(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+        return frame.lazy().select(pl.col("_ingest_id"), pl.col("_source_row").cast(pl.Int64))
+
+    bronze_rows, silver_rows, quarantine_rows = (
+        provenance(bronze_latest),
+        provenance(silver),
+        provenance(quarantine),
     )
-    placed = out.group_by(key).len()
-    missing = bronze_rows.join(placed, on=key, how="anti")
-    extra = placed.join(bronze_rows, on=key, how="anti")
-    doubled = placed.filter(pl.col("len") > 1)
+    placed = pl.concat([silver_rows, quarantine_rows]).group_by(key).len()
+    missing, extra, doubled, sizes = pl.collect_all(
+        [
+            bronze_rows.join(placed, on=key, how="anti"),
+            placed.join(bronze_rows, on=key, how="anti"),
+            placed.filter(pl.col("len") > 1),
+            pl.concat(
+                [
+                    bronze_rows.select(pl.len().alias("bronze")),
+                    silver_rows.select(pl.len().alias("silver")),
+                    quarantine_rows.select(pl.len().alias("quarantine")),
+                ],
+                how="horizontal",
+            ),
+        ],
+        engine="streaming",
+    )
+    size = sizes.row(0, named=True)
 
     def label(frame: pl.DataFrame, problem: str) -> pl.DataFrame:
         return frame.select(
@@ -299,9 +344,9 @@ def evaluate_silver(
     return check_result(
         passed=failing.is_empty(),
         counts={
-            "bronze_rows": bronze_rows.height,
-            "silver_rows": silver.height,
-            "quarantine_rows": quarantine.height,
+            "bronze_rows": size["bronze"],
+            "silver_rows": size["silver"],
+            "quarantine_rows": size["quarantine"],
             "missing_rows": missing.height,
             "extra_rows": extra.height,
             "doubled_rows": doubled.height,
@@ -309,8 +354,8 @@ def evaluate_silver(
         thresholds={"missing_or_extra_rows": 0},
         failing=failing,
         description=(
-            f"{dataset}: bronze {bronze_rows.height} = silver {silver.height} + quarantine "
-            f"{quarantine.height}"
+            f"{dataset}: bronze {size['bronze']} = silver {size['silver']} + quarantine "
+            f"{size['quarantine']}"
             if failing.is_empty()
             else f"{dataset}: "
             + "; ".join(f"ingest {r['_ingest_id']}: {r['len']} {r['problem']}" for r in per_ingest)
@@ -325,35 +370,34 @@ def build_silver_check(dataset: Dataset) -> AssetChecksDefinition:
         asset=silver_key(dataset.name),
         name=SILVER_RECONCILES,
         blocking=True,
-        additional_ins={"quarantine": AssetIn(key=quarantine_key(dataset))},
-        required_resource_keys={"io_manager"},
+        additional_ins={
+            "quarantine": AssetIn(key=quarantine_key(dataset)),
+            "bronze": AssetIn(
+                key=bronze_key(dataset),
+                partition_mapping=AllPartitionMapping(),
+                metadata={"allow_missing_partitions": True},
+            ),
+        },
         description=(
             "For the latest ingest of every source file, bronze rows = silver rows + quarantine "
             "rows, each (_ingest_id, _source_row) exactly once."
         ),
     )
     def silver_reconciles(
-        context: AssetCheckExecutionContext, table: pl.LazyFrame, quarantine: pl.LazyFrame
+        context: AssetCheckExecutionContext,
+        table: pl.LazyFrame,
+        quarantine: pl.LazyFrame,
+        bronze: dict[str, pl.LazyFrame],
     ) -> AssetCheckResult:
-        materialized = context.instance.get_materialized_partitions(bronze_key(dataset))
-        order = [
-            k for k in context.instance.get_dynamic_partitions(partitions.name) if k in materialized
-        ]
-        latest = latest_ingests(order)
-        frames = [
-            read_lake_parquet(context.resources.io_manager, f"bronze/{dataset.name}/{ingest}")
-            for ingest in latest.values()
-        ]
-        columns = ["_ingest_id", "_source_row"]
-        bronze = pl.concat(
-            [pl.DataFrame(schema=_ROWS), *(f.select(columns) for f in frames if f is not None)]
+        order = [k for k in context.instance.get_dynamic_partitions(partitions.name) if k in bronze]
+        latest = latest_ingests(order).values()
+        bronze_latest = pl.concat(
+            [
+                pl.LazyFrame(schema=_ROWS),
+                *(bronze[ingest].select(_ROWS.names()) for ingest in latest),
+            ]
         )
-        return evaluate_silver(
-            dataset.name,
-            bronze,
-            table.select(columns).collect(),
-            quarantine.select(columns).collect(),
-        )
+        return evaluate_silver(dataset.name, bronze_latest, table, quarantine)
 
     return silver_reconciles
 
