@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deathmetal_lake.local_aws.gateway import SERVICE_ID
 from deathmetal_lake.settings import LakeSettings
 
+SERVICE_ID = "deathmetal-lake-embedded-aws"
+"""What the emulator's /_lake/health names itself (kept here: clients need not import moto)."""
 LOG_FILE = "embedded-aws.log"
 LOCK_FILE = "embedded-aws.lock"
 

@@ -5,28 +5,35 @@ journaled in the order they were applied, so a replay rebuilds identical state (
 numbers included, and moto's timestamps: each mutation is applied at a journaled instant).
 Observers see each applied mutation, live and during replay alike; the Firehose delivery uses that
 to keep its read positions in the same journal as the objects it wrote.
+
+Kinesis PutRecord(s), the bulk of what the lake sends, skip moto's request handling: `kinesis.py`
+applies them to moto's backend and leaves their payloads in the journal instead of memory.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import random
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
+from moto.core.exceptions import JsonRESTError
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request
 
+from deathmetal_lake.local_aws import kinesis
 from deathmetal_lake.local_aws.journal import Entry, Journal
 
-SERVICE_ID = "deathmetal-lake-embedded-aws"
 _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
@@ -34,6 +41,10 @@ _QUERY_UPLOAD_ID = re.compile(r"(^|&)uploadId=([^&]+)")
 # moto stamps S3 LastModified, Kinesis arrival and creation times with the `utcnow` each of these
 # modules imports; without a fixed clock a replay would restamp everything with the restart time.
 _CLOCKED_MOTO_MODULES = ("moto.s3.models", "moto.kinesis.models", "moto.firehose.models")
+_KINESIS_PUTS = (kinesis.PUT_RECORD, kinesis.PUT_RECORDS)
+_JSON_1_1 = "application/x-amz-json-1.1"
+# moto reads the account and region of a request from its credential scope, never the signature.
+_INTERNAL_AUTHORIZATION = "AWS4-HMAC-SHA256 Credential=test/20250101"
 
 Observer = Callable[[Entry], None]
 Refusal = tuple[int, dict[str, Any]]
@@ -108,10 +119,31 @@ def _moto_clock(applied_at: float | None) -> Iterator[None]:
             module.utcnow = original
 
 
+def _status_line(status: int) -> str:
+    return f"{status} {({200: 'OK', 400: 'Bad Request', 404: 'Not Found'}).get(status, 'Error')}"
+
+
 def _json_response(status: int, payload: dict[str, Any], content_type: str) -> Response:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
     return Response(
-        f"{status} {reason}", [("Content-Type", content_type)], json.dumps(payload).encode()
+        _status_line(status), [("Content-Type", content_type)], json.dumps(payload).encode()
+    )
+
+
+def _moto_headers() -> list[tuple[str, str]]:
+    """What moto's server adds to every answer (a request id, the CORS header)."""
+    return [
+        ("server", "amazon.com"),
+        ("x-amzn-requestid", "".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=52))),
+        ("Access-Control-Allow-Origin", "*"),
+    ]
+
+
+def _error_response(error: JsonRESTError) -> Response:
+    """moto's answer to one of its exceptions, as its server renders it."""
+    return Response(
+        _status_line(error.code),
+        [*error.get_headers(), ("status", str(error.code)), *_moto_headers()],
+        error.get_body().encode(),
     )
 
 
@@ -124,10 +156,14 @@ class Gateway:
         journal: Journal,
         *,
         identity: dict[str, Any],
+        region: str,
+        host: str,
     ) -> None:
         self.backend = backend
         self.journal = journal
         self.identity = identity
+        self.region = region
+        self.host = host
         self.lock = threading.RLock()
         self.ready = False
         self.faults = Faults()
@@ -147,6 +183,10 @@ class Gateway:
                 lambda m: f"{m.group(1)}uploadId={upload_ids.get(m.group(2), m.group(2))}",
                 entry.query,
             )
+            if operation(entry) in _KINESIS_PUTS:
+                self._replay_kinesis_put(entry)
+                count += 1
+                continue
             with _moto_clock(entry.extra.get("t")):
                 response = self._dispatch(entry)
             if "upload_id" in entry.extra and (found := _UPLOAD_ID.search(response.body)):
@@ -155,6 +195,14 @@ class Gateway:
                 self._notify(entry)
             count += 1
         return count
+
+    def _replay_kinesis_put(self, entry: Entry) -> None:
+        try:
+            plan = kinesis.plan(kinesis.parse(entry, self.region))
+        except (ValueError, JsonRESTError):
+            return  # answered with an error when it was live, so it changed nothing then either
+        kinesis.store(plan, entry, self.journal, frozenset(entry.extra.get("failed", ())))
+        self._notify(entry)
 
     # --- live requests ----------------------------------------------------------------------
 
@@ -191,11 +239,8 @@ class Gateway:
         if not is_mutation(entry):
             with self.lock:
                 return self._dispatch(entry)
-        if (
-            operation(entry) == "Kinesis_20131202.PutRecords"
-            and self.faults.put_records_failure_rate
-        ):
-            return self._put_records_with_faults(entry)
+        if operation(entry) in _KINESIS_PUTS:
+            return self._kinesis_put(entry)
         with self.lock:
             return self._apply(entry)
 
@@ -211,43 +256,86 @@ class Gateway:
             self._notify(entry)
         return response
 
-    def _put_records_with_faults(self, entry: Entry) -> Response:
-        """Fail a share of the records the way Kinesis throttling does, inside a 200 response."""
-        request = json.loads(entry.body)
-        records = request["Records"]
+    def _kinesis_put(self, entry: Entry) -> Response:
+        """PutRecord(s) through `kinesis.py`, failing a share of PutRecords' records if asked.
+
+        An injected failure is what Kinesis throttling does: an error entry inside a 200 answer.
+        The journal keeps the whole request and the indexes that failed, for replay.
+        """
+        try:
+            request = kinesis.parse(entry, self.region)
+        except ValueError:
+            with self.lock:
+                return self._apply(entry)  # not JSON: moto answers it as it would
         with self.lock:
-            failed = {
-                i
-                for i in range(len(records))
-                if self._rng.random() < self.faults.put_records_failure_rate
-            }
-            kept = [r for i, r in enumerate(records) if i not in failed]
-            accepted: list[dict[str, Any]] = []
-            if kept:
-                entry.body = json.dumps({**request, "Records": kept}).encode()
-                response = self._apply(entry)
-                if not response.ok:
-                    return response
-                accepted = json.loads(response.body)["Records"]
-        stream = request.get("StreamName") or request.get("StreamARN", "")
-        results, accepted_iter = [], iter(accepted)
-        for i in range(len(records)):
-            if i in failed:
-                results.append(
-                    {
-                        "ErrorCode": "ProvisionedThroughputExceededException",
-                        "ErrorMessage": (
-                            f"Rate exceeded for shard in stream {stream} (injected fault)."
-                        ),
-                    }
+            try:
+                plan = kinesis.plan(request)
+            except JsonRESTError as error:
+                return _error_response(error)
+            failed: frozenset[int] = frozenset()
+            if request.operation == kinesis.PUT_RECORDS and self.faults.put_records_failure_rate:
+                failed = frozenset(
+                    i
+                    for i in range(len(request.records))
+                    if self._rng.random() < self.faults.put_records_failure_rate
                 )
-            else:
-                results.append(next(accepted_iter))
-        return _json_response(
-            200,
-            {"FailedRecordCount": len(failed), "Records": results},
-            content_type="application/x-amz-json-1.1",
+            entry.extra["t"] = time.time()
+            if failed:
+                entry.extra["failed"] = sorted(failed)
+            if len(failed) < len(request.records):
+                self.journal.append(entry)
+                kinesis.store(plan, entry, self.journal, failed)
+                self._notify(entry)
+        if request.operation == kinesis.PUT_RECORD:
+            accepted = plan.results[0]
+            payload: dict[str, Any] = {
+                "ShardId": accepted["ShardId"],
+                "SequenceNumber": accepted["SequenceNumber"],
+            }
+        else:
+            results, accepted_iter = [], iter(plan.results)
+            for index, shard in enumerate(plan.shards):
+                if index in failed:
+                    results.append(
+                        {
+                            "ErrorCode": "ProvisionedThroughputExceededException",
+                            "ErrorMessage": (
+                                f"Rate exceeded for shard {shard.shard_id} in stream "
+                                f"{plan.stream.stream_name} under account "
+                                f"{request.account_id} (injected fault)."
+                            ),
+                        }
+                    )
+                else:
+                    results.append(next(accepted_iter))
+            payload = {"FailedRecordCount": len(failed), "Records": results}
+        response = _json_response(200, payload, _JSON_1_1)
+        response.headers += _moto_headers()
+        return response
+
+    def put_object(self, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
+        """PutObject from inside the emulator (Firehose delivery): journaled, no HTTP round trip.
+
+        The entry is the request boto3 would send, so replay applies it like any other.
+        """
+        checksum = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        entry = Entry(
+            method="PUT",
+            path=f"/{bucket}/{quote(key, safe='/~')}",
+            query="",
+            headers=[
+                ("Host", self.host),
+                *((f"X-Amz-Meta-{name}", value) for name, value in metadata.items()),
+                ("X-Amz-Checksum-Crc32", checksum),
+                ("X-Amz-Sdk-Checksum-Algorithm", "CRC32"),
+                ("Authorization", f"{_INTERNAL_AUTHORIZATION}/{self.region}/s3/aws4_request"),
+            ],
+            body=body,
         )
+        with self.lock:
+            response = self._apply(entry)
+        if not response.ok:
+            raise RuntimeError(f"PutObject s3://{bucket}/{key} failed: {response.status}")
 
     def _dispatch(self, entry: Entry) -> Response:
         builder = EnvironBuilder(

@@ -5,12 +5,16 @@ moto keeps everything in memory. The gateway appends every successful mutating r
 journal into a fresh moto in order, which rebuilds the same buckets, objects, streams and Kinesis
 sequence numbers. A process killed in the middle of an append leaves a torn tail, which is cut off
 on open: the client of that request never got an answer, so nothing it was told is lost.
+
+Entries know where their body lies in the file, so large payloads (Kinesis records) need not stay
+in memory: they are read back from the journal when asked for.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,8 @@ class Entry:
     headers: list[tuple[str, str]]
     body: bytes = b""
     extra: dict[str, Any] = field(default_factory=dict)
+    offset: int = -1
+    """Where the body starts in the journal file, once journaled."""
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -43,6 +49,7 @@ def _read_entries(handle: BinaryIO) -> Iterator[tuple[Entry, int]]:
             meta = json.loads(line)
         except ValueError:
             return
+        offset = handle.tell()
         body = handle.read(meta["n"])
         if len(body) != meta["n"] or handle.read(1) != b"\n":
             return
@@ -53,6 +60,7 @@ def _read_entries(handle: BinaryIO) -> Iterator[tuple[Entry, int]]:
             headers=[tuple(h) for h in meta["h"]],
             body=body,
             extra=meta.get("x", {}),
+            offset=offset,
         )
         yield entry, handle.tell()
 
@@ -63,6 +71,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: BinaryIO | None = None
+        self._reader: int | None = None
+        self._reader_lock = threading.Lock()
 
     def replay(self) -> Iterator[Entry]:
         """Yield the complete entries in order, then cut any torn tail so appends stay readable."""
@@ -78,7 +88,7 @@ class Journal:
                 handle.truncate(valid_end)
 
     def append(self, entry: Entry) -> None:
-        """Write one entry; flushed to the OS so it survives the process being killed."""
+        """Write one entry and set its `offset`; flushed to the OS so it survives a kill."""
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("ab")
@@ -91,8 +101,23 @@ class Journal:
         }
         if entry.extra:
             meta["x"] = entry.extra
-        self._handle.write(json.dumps(meta).encode() + b"\n" + entry.body + b"\n")
+        header = json.dumps(meta).encode() + b"\n"
+        entry.offset = self._handle.tell() + len(header)
+        # Three writes, not one concatenation: bodies are up to megabytes, copying them costs CPU.
+        self._handle.write(header)
+        self._handle.write(entry.body)
+        self._handle.write(b"\n")
         self._handle.flush()
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of the file, e.g. part of an entry's body; thread-safe."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._reader, length, offset)
+        if len(data) != length:
+            raise OSError(f"{self.path} ends before {offset + length}")
+        return data
 
     def sync(self) -> None:
         if self._handle is not None:
@@ -104,3 +129,6 @@ class Journal:
             self.sync()
             self._handle.close()
             self._handle = None
+        if self._reader is not None:
+            os.close(self._reader)
+            self._reader = None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from deathmetal_lake.local_aws.journal import Journal
 log = logging.getLogger("deathmetal_lake.local_aws")
 
 JOURNAL_FILE = "journal.bin"
+SPILL_DIR = "spill"
+"""moto's temporary files of S3 bodies: unlinked at once, emptied at start in case of leftovers."""
 
 
 def serve(
@@ -32,8 +36,14 @@ def serve(
     host: str = "127.0.0.1",
 ) -> None:
     """Run until SIGTERM or SIGINT; see the module docstring."""
-    # moto keeps S3 bodies over this size in temporary files instead of memory.
+    state_dir = state_dir.resolve()
+    # moto keeps S3 bodies over this size in temporary files instead of memory. They go to the
+    # state directory: /tmp is RAM on many systems, which would put the lake back in memory.
     os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(1024 * 1024))
+    spill = state_dir / SPILL_DIR
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    tempfile.tempdir = str(spill)
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
@@ -41,11 +51,11 @@ def serve(
     )
     from werkzeug.serving import make_server
 
-    from deathmetal_lake.local_aws.delivery import FirehoseDelivery
-    from deathmetal_lake.local_aws.gateway import SERVICE_ID, Gateway
+    from deathmetal_lake.local_aws.control import SERVICE_ID
+    from deathmetal_lake.local_aws.delivery import FirehoseDelivery, return_free_memory
+    from deathmetal_lake.local_aws.gateway import Gateway
     from deathmetal_lake.local_aws.provision import provision_lake
 
-    state_dir = state_dir.resolve()
     endpoint = f"http://{host}:{port}"
     identity = {
         "service": SERVICE_ID,
@@ -65,13 +75,20 @@ def serve(
         for service in ("s3", "kinesis", "firehose")
     }
     journal = Journal(state_dir / JOURNAL_FILE)
-    gateway = Gateway(DomainDispatcherApplication(create_backend_app), journal, identity=identity)
-    delivery = FirehoseDelivery(region, clients["s3"], gateway.lock)
+    gateway = Gateway(
+        DomainDispatcherApplication(create_backend_app),
+        journal,
+        identity=identity,
+        region=region,
+        host=f"{host}:{port}",
+    )
+    delivery = FirehoseDelivery(region, gateway.put_object, gateway.lock)
     gateway.observers.append(delivery.observe)
     gateway.guards.append(delivery.refuse_direct_put)
     gateway.status_provider = delivery.status
 
     replayed = gateway.replay()
+    return_free_memory()
     log.info("replayed %d journal entries from %s", replayed, journal.path)
 
     server = make_server(host, port, gateway, threaded=True, request_handler=MotoRequestHandler)

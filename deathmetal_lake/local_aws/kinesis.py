@@ -1,0 +1,241 @@
+"""Kinesis PutRecord(s) applied straight to moto's backend, with the payloads left in the journal.
+
+moto keeps every record's payload in memory as a base64 string for ever: at scale 100 that is
+gigabytes. The request body is journaled as the client sent it, so a record here holds only
+where its base64 text lies in the journal and reads it back when delivery or GetRecords asks.
+Handling these two calls here also skips moto's generic request parsing and its base64 decoding
+of every record just to measure it, most of the CPU a PutRecords call used to cost.
+
+Validation and errors are moto's (its checks in its order, its exceptions), but all of them run
+before anything is stored, where moto stores the records ahead of a bad one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from moto.core.utils import unix_time
+from moto.kinesis.exceptions import (
+    InvalidArgumentError,
+    RecordSizeExceedsLimit,
+    TooManyRecords,
+    TotalRecordsSizeExceedsLimit,
+)
+from moto.kinesis.models import KinesisBackend, Shard, Stream, kinesis_backends
+from moto.kinesis.responses import KinesisResponse
+from werkzeug.datastructures import Headers
+
+from deathmetal_lake.local_aws.journal import Entry, Journal
+
+PUT_RECORD = "Kinesis_20131202.PutRecord"
+PUT_RECORDS = "Kinesis_20131202.PutRecords"
+_MAX_RECORDS = 500
+_MAX_RECORD_BYTES = 1_048_576
+_MAX_REQUEST_BYTES = 5_242_880
+
+
+class JournaledRecord:
+    """A record in a moto shard whose payload stays in the journal (see the module docstring).
+
+    It offers what moto and delivery use of moto's own `Record`. A payload the journal does not
+    hold verbatim (a client that escaped characters of its base64) is kept `inline` instead.
+    """
+
+    __slots__ = (
+        "_inline",
+        "_journal",
+        "_length",
+        "_offset",
+        "created_at",
+        "created_at_datetime",
+        "explicit_hash_key",
+        "partition_key",
+        "sequence_number",
+        "size",
+    )
+
+    def __init__(
+        self,
+        journal: Journal,
+        location: tuple[int, int] | str,
+        *,
+        partition_key: str,
+        sequence_number: int,
+        explicit_hash_key: str | None,
+        arrived: datetime,
+        size: int,
+    ) -> None:
+        self._journal = journal
+        self._offset, self._length = location if isinstance(location, tuple) else (0, 0)
+        self._inline = location if isinstance(location, str) else None
+        self.partition_key = partition_key
+        self.sequence_number = sequence_number
+        self.explicit_hash_key = explicit_hash_key
+        self.created_at_datetime = arrived
+        self.created_at = unix_time(arrived)
+        self.size = size
+
+    @property
+    def data(self) -> str:
+        """The payload in base64, as moto's records hold it (moto's shard splits re-put it)."""
+        if self._inline is not None:
+            return self._inline
+        return self._journal.read(self._offset, self._length).decode("ascii")
+
+    def payload(self) -> bytes:
+        return base64.b64decode(self.data)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Data": self.payload(),
+            "PartitionKey": self.partition_key,
+            "SequenceNumber": str(self.sequence_number),
+            "ApproximateArrivalTimestamp": self.created_at_datetime,
+        }
+
+
+def payload(record: Any) -> bytes:
+    """A record's bytes, whether stored here or by moto itself (records of a shard split)."""
+    if isinstance(record, JournaledRecord):
+        return record.payload()
+    return base64.b64decode(record.data)
+
+
+def payload_size(record: Any) -> int:
+    """A record's length in bytes, without reading a journaled payload back."""
+    if isinstance(record, JournaledRecord):
+        return record.size
+    return len(base64.b64decode(record.data))
+
+
+@dataclass
+class PutRequest:
+    """A parsed PutRecord(s) request; `locations` say where each payload lies in the body."""
+
+    operation: str
+    params: dict[str, Any]
+    records: list[dict[str, Any]]
+    locations: list[tuple[int, int] | str]
+    region: str
+    account_id: str
+
+
+@dataclass
+class Plan:
+    """A validated request: the stream, each record's shard and payload size."""
+
+    request: PutRequest
+    backend: KinesisBackend
+    stream: Stream
+    shards: list[Shard]
+    sizes: list[int]
+    results: list[dict[str, str]] = field(default_factory=list)
+
+
+def _locate(body: bytes, records: list[dict[str, Any]]) -> list[tuple[int, int] | str]:
+    """Each record's base64 text as (offset, length) in `body`, or the text if not verbatim."""
+    locations: list[tuple[int, int] | str] = []
+    start = 0
+    for record in records:
+        data = record.get("Data") or ""
+        needle = data.encode("ascii", "replace")
+        found = body.find(needle, start)
+        if found < 0:
+            locations.append(data)
+            continue
+        locations.append((found, len(needle)))
+        start = found + len(needle)
+    return locations
+
+
+def _context(entry: Entry, default_region: str) -> tuple[str, str]:
+    """The request's region and account, resolved the way moto resolves them."""
+    headers = Headers(entry.headers)
+    probe = KinesisResponse()
+    probe.headers = headers
+    probe.querystring = {}
+    full_url = f"http://{headers.get('Host', 'localhost')}{entry.path}"
+    probe.default_region = default_region
+    region = probe.get_region_from_url(SimpleNamespace(headers=headers), full_url)
+    return region, probe.get_current_account()
+
+
+def parse(entry: Entry, default_region: str) -> PutRequest:
+    """Parse a PutRecord(s) request; needs no lock. Raises ValueError if it is not valid JSON."""
+    params = json.loads(entry.body)
+    if not isinstance(params, dict):
+        raise ValueError("the request body is not a JSON object")
+    operation = entry.header("X-Amz-Target") or ""
+    records = [params] if operation == PUT_RECORD else params.get("Records") or []
+    region, account_id = _context(entry, default_region)
+    return PutRequest(operation, params, records, _locate(entry.body, records), region, account_id)
+
+
+def _decoded_size(data: str) -> int:
+    """len(b64decode(data)) without decoding, for the canonical base64 every SDK sends."""
+    if len(data) % 4:
+        return len(base64.b64decode(data))
+    return len(data) // 4 * 3 - (2 if data.endswith("==") else 1 if data.endswith("=") else 0)
+
+
+def plan(request: PutRequest) -> Plan:
+    """Validate against the current streams (under the gateway's lock); raises moto's errors."""
+    backend = kinesis_backends[request.account_id][request.region]
+    stream = backend.describe_stream(
+        stream_arn=request.params.get("StreamARN"), stream_name=request.params.get("StreamName")
+    )
+    sizes = [
+        _decoded_size(r.get("Data") or "") + len(r.get("PartitionKey") or "")
+        for r in request.records
+    ]
+    if request.operation == PUT_RECORDS:
+        if len(request.records) > _MAX_RECORDS:
+            raise TooManyRecords
+        if sum(sizes) > _MAX_REQUEST_BYTES:
+            raise TotalRecordsSizeExceedsLimit
+        for position, size in enumerate(sizes, start=1):
+            if size > _MAX_RECORD_BYTES:
+                raise RecordSizeExceedsLimit(position=position)
+    shards = []
+    for record in request.records:
+        shard = stream.get_shard_for_key(record.get("PartitionKey"), record.get("ExplicitHashKey"))
+        if shard is None:
+            raise InvalidArgumentError("explicit_hash_key")
+        shards.append(shard)
+    return Plan(request, backend, stream, shards, sizes)
+
+
+def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) -> None:
+    """Append the records (all but `failed`) to their shards; `entry` is already journaled.
+
+    Fills `plan.results` with the accepted records' SequenceNumber and ShardId, in order.
+    """
+    arrived = datetime.fromtimestamp(entry.extra["t"], UTC).replace(tzinfo=None)
+    incoming = 0
+    for index, (record, shard, location) in enumerate(
+        zip(plan.request.records, plan.shards, plan.request.locations, strict=True)
+    ):
+        if index in failed:
+            continue
+        if isinstance(location, tuple):
+            location = (entry.offset + location[0], location[1])
+        sequence_number = next(reversed(shard.records), 0) + 1
+        shard.records[sequence_number] = JournaledRecord(  # type: ignore[assignment]
+            journal,
+            location,
+            partition_key=record.get("PartitionKey"),
+            sequence_number=sequence_number,
+            explicit_hash_key=record.get("ExplicitHashKey"),
+            arrived=arrived,
+            size=plan.sizes[index] - len(record.get("PartitionKey") or ""),
+        )
+        plan.results.append({"SequenceNumber": str(sequence_number), "ShardId": shard.shard_id})
+        incoming += plan.sizes[index]
+    plan.backend._send_stream_metrics(
+        plan.stream.stream_name, incoming_bytes=incoming, incoming_records=len(plan.results)
+    )
