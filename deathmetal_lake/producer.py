@@ -4,7 +4,8 @@ It runs in two passes over the file. The pre-flight pass reads the whole file wi
 anything and rejects whole-file problems: an empty file, bytes that are not UTF-8, a missing
 required column, or an unterminated quote at the end. The second pass turns each data row into a
 JSON line carrying the provenance columns of the lake contract, packs consecutive lines into Kinesis
-records of at most 1 MiB, and sends them with PutRecords.
+records of at most 1 MiB, and sends them with PutRecords. Blocks of plain CSV are encoded by Polars
+(`deathmetal_lake.encoding`), everything else by the csv module; both give the same lines.
 
 Nothing is dropped silently:
 - A row with the wrong number of fields, or one the csv module cannot parse, is still sent. It goes
@@ -19,6 +20,7 @@ Whole-call errors (throttled or failed API calls) are left to the boto3 client's
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import hashlib
@@ -28,13 +30,14 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypedDict
 
 from deathmetal_lake.datasets import PROVENANCE_COLUMNS, Dataset
+from deathmetal_lake.encoding import LineBatch, RecordBlocks, encode_plain, plain_records
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ MAX_CALL_BYTES = 5 * 1_048_576
 """PutRecords' limit per call, partition keys included."""
 
 _CHUNK_BYTES = 1 << 18
+_BLOCK_BYTES = 1 << 20
+"""CSV bytes encoded at once: larger blocks cost memory, smaller ones Polars' overhead per call."""
+_MAX_BLOCK_BYTES = 16 << 20
 _MAX_HEADER_CHARS = 1 << 20
 _RESERVED_COLUMNS = frozenset((*PROVENANCE_COLUMNS, "_raw", "_parse_error"))
 _encode_str = json.encoder.encode_basestring  # the C escaper behind ensure_ascii=False
@@ -296,8 +302,8 @@ class RowEncoder:
 
     A good row becomes `{column: value as text, ..., _source_file, _source_row, _ingest_id}` with
     the normalised header names as keys. A row that cannot be mapped to the header keeps only the
-    provenance columns plus `_raw` and `_parse_error`. The encoder is lazy: it holds one row at a
-    time. After iteration, `rows` and `parse_error_rows` hold the counts.
+    provenance columns plus `_raw` and `_parse_error`. The encoder is lazy and reads one file
+    once. After iteration, `rows` and `parse_error_rows` hold the counts.
     """
 
     def __init__(self, header: Sequence[str], *, source_file: str, ingest_id: str):
@@ -306,6 +312,9 @@ class RowEncoder:
         self.ingest_id = ingest_id
         self.rows = 0
         self.parse_error_rows = 0
+        self._header_read = False
+        self._record: list[str] = []  # physical lines of the record being parsed, as in the file
+        self._empty_lines: list[str] = []  # held back: only those followed by a row are rows
         # One %-template per file: formatting a row is then one C call instead of a dict and dumps.
         fields = "".join(f"{_encode_str(name).replace('%', '%%')}:%s," for name in self.header)
         self._template = (
@@ -313,73 +322,134 @@ class RowEncoder:
             f'"_source_row":%d,"_ingest_id":{_encode_str(ingest_id).replace("%", "%%")}}}\n'
         )
 
-    def lines(self, source: BinaryIO) -> Iterator[bytes]:
-        """The JSON lines of `source`, whose first record must be the header given."""
-        text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
-        consumed: list[str] = []  # the physical lines of the record being parsed, as in the file
+    def batches(self, source: BinaryIO) -> Iterator[LineBatch]:
+        """The JSON lines of `source` in batches; the lines are exactly those of `lines`.
 
-        def physical_lines() -> Iterator[str]:
-            for line in text:
-                consumed.append(line)
-                yield line
-
-        reader = csv.reader(physical_lines(), strict=True)
-        try:
-            found = _normalise(next(reader))
-        except (StopIteration, csv.Error):
-            found = ()
-        if found != self.header:
+        Blocks of plain CSV go through Polars (`deathmetal_lake.encoding`), at half the CPU.
+        Anything else, from the header to where a block ends on a record boundary again, goes
+        through the csv module as in `lines`. `source` must return whole blocks from `read`.
+        """
+        blocks = RecordBlocks(source, _BLOCK_BYTES, _MAX_BLOCK_BYTES)
+        width = len(self.header)
+        for block in blocks:
+            if self._header_read and (records := plain_records(block, width)):
+                if self._empty_lines:
+                    yield LineBatch.of(self._held_back_empty_lines())
+                batch = encode_plain(
+                    block,
+                    records,
+                    self.header,
+                    source_file=self.source_file,
+                    ingest_id=self.ingest_id,
+                    first_row=self.rows + 1,
+                )
+                if batch is not None:
+                    self.rows += records
+                    yield batch
+                    continue
+            yield from _batched(self._parse(self._region(block, blocks)))
+        if not self._header_read:  # an empty file
             raise SourceFileError(f"{self.source_file}: the header changed after pre-flight")
-        consumed.clear()
 
-        template, width, encode = self._template, len(self.header), _encode_str
-        row_no = parse_errors = 0
-        empty_lines: list[str] = []  # held back: only those followed by a row are rows
-
-        def parse_error(raw: str, reason: str) -> bytes:
-            nonlocal row_no, parse_errors
-            row_no += 1
-            parse_errors += 1
-            return self._parse_error_line(row_no, raw, reason)
-
-        def held_back_empty_lines() -> Iterator[bytes]:
-            yield from (parse_error(raw, "empty line") for raw in empty_lines)
-            empty_lines.clear()
-
+    def lines(self, source: BinaryIO) -> Iterator[bytes]:
+        """The JSON lines of `source`, every row through the csv module: what `batches` gives."""
+        text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
         try:
-            while True:
-                try:
-                    for fields in reader:
-                        if not fields:
-                            empty_lines.append(_raw(consumed))
-                        else:
-                            if empty_lines:
-                                yield from held_back_empty_lines()
-                            if len(fields) == width:
-                                row_no += 1
-                                yield (template % (*map(encode, fields), row_no)).encode()
-                            else:
-                                reason = f"expected {width} fields, found {len(fields)}"
-                                yield parse_error(_raw(consumed), reason)
-                        consumed.clear()
-                    return
-                except csv.Error as exc:
-                    yield from held_back_empty_lines()
-                    yield parse_error(_raw(consumed), f"CSV error: {exc}")
-                    consumed.clear()
+            yield from self._parse(text)
         finally:
-            self.rows, self.parse_error_rows = row_no, parse_errors
             text.detach()
 
-    def _parse_error_line(self, row_no: int, raw: str, reason: str) -> bytes:
+    def _region(self, block: bytes, blocks: RecordBlocks) -> Iterator[str]:
+        """The physical lines of `block`, and of the next blocks while a record goes on.
+
+        After the header, or once a record went on into the next block (whose end may then not
+        be a record end), the rest of the block from the next record on goes back to `blocks`.
+        """
+        give_back = not self._header_read
+        while True:
+            lines = io.StringIO(block.decode(), newline="")
+            for line in lines:
+                if give_back and self._header_read and not self._record:
+                    blocks.push_back((line + lines.read()).encode())
+                    return
+                yield line
+            if not self._record or (block := next(blocks, None)) is None:
+                return
+            give_back = True
+
+    def _parse(self, physical_lines: Iterable[str]) -> Iterator[bytes]:
+        """The JSON lines of the records in `physical_lines`, the first being the header if it
+        was not read yet. Rows are numbered on from `rows`."""
+        record = self._record
+
+        def tracked() -> Iterator[str]:
+            for line in physical_lines:
+                record.append(line)
+                yield line
+
+        reader = csv.reader(tracked(), strict=True)
+        if not self._header_read:
+            try:
+                found = _normalise(next(reader))
+            except (StopIteration, csv.Error):
+                found = ()
+            if found != self.header:
+                raise SourceFileError(f"{self.source_file}: the header changed after pre-flight")
+            self._header_read = True
+            record.clear()
+
+        template, width, encode = self._template, len(self.header), _encode_str
+        while True:
+            try:
+                for fields in reader:
+                    if not fields:
+                        self._empty_lines.append(_raw(record))
+                    else:
+                        if self._empty_lines:
+                            yield from self._held_back_empty_lines()
+                        if len(fields) == width:
+                            self.rows += 1
+                            yield (template % (*map(encode, fields), self.rows)).encode()
+                        else:
+                            reason = f"expected {width} fields, found {len(fields)}"
+                            yield self._parse_error_line(_raw(record), reason)
+                    record.clear()
+                return
+            except csv.Error as exc:
+                yield from self._held_back_empty_lines()
+                yield self._parse_error_line(_raw(record), f"CSV error: {exc}")
+                record.clear()
+
+    def _held_back_empty_lines(self) -> list[bytes]:
+        lines = [self._parse_error_line(raw, "empty line") for raw in self._empty_lines]
+        self._empty_lines.clear()
+        return lines
+
+    def _parse_error_line(self, raw: str, reason: str) -> bytes:
+        self.rows += 1
+        self.parse_error_rows += 1
         line = {
             "_source_file": self.source_file,
-            "_source_row": row_no,
+            "_source_row": self.rows,
             "_ingest_id": self.ingest_id,
             "_raw": raw,
             "_parse_error": reason,
         }
         return (_encode_json(line) + "\n").encode()
+
+
+def _batched(lines: Iterator[bytes]) -> Iterator[LineBatch]:
+    """`lines` in batches of about `_BLOCK_BYTES`."""
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line)
+        if size >= _BLOCK_BYTES:
+            yield LineBatch.of(batch)
+            batch, size = [], 0
+    if batch:
+        yield LineBatch.of(batch)
 
 
 def _raw(lines: list[str]) -> str:
@@ -505,6 +575,8 @@ class _Delivery:
         self._ingest_id = ingest_id
         self._max_record_bytes = max_record_bytes
         self._record_no = 0
+        self._lines: list[memoryview] = []  # of the record being filled: parts of batches
+        self._used = self._record_rows = self._row_no = 0
         self._batch: list[_Record] = []
         self._batch_bytes = 0
         self._in_flight: set[Future[_Sent]] = set()
@@ -515,53 +587,66 @@ class _Delivery:
     def failed(self) -> bool:
         return self.totals.failed_records > 0
 
-    def run(self, lines: Iterator[bytes], to_errors: Callable[[int, bytes, int], None]) -> None:
+    def run(
+        self, batches: Iterator[LineBatch], to_errors: Callable[[int, bytes, int], None]
+    ) -> None:
         """Send every line; a line no record can hold goes to `to_errors(row, line, limit)`.
 
         After a batch runs out of retries nothing more is sent, but the remaining lines are
         still read, so the encoder's row count covers the whole file.
         """
-        record: list[bytes] = []
-        used = row_no = 0
-        limit = self._limit
-        for line in lines:
-            row_no += 1
-            size = len(line)
-            if used + size > limit:
-                if record:
-                    self._close_record(record)
-                    if self.failed:
-                        break
-                    record, used, limit = [], 0, self._limit
-                if size > limit:
-                    to_errors(row_no, line, limit)
-                    continue
-            record.append(line)
-            used += size
-        if record and not self.failed:
-            self._close_record(record)
+        for batch in batches:
+            self._pack(batch, to_errors)
+            if self.failed:
+                break
+        if self._lines and not self.failed:
+            self._close_record()
         if self._batch:
             self._submit()
         self._collect(wait(self._in_flight).done)
         if self.failed:
-            for _ in lines:
+            for _ in batches:
                 pass
+
+    def _pack(self, batch: LineBatch, to_errors: Callable[[int, bytes, int], None]) -> None:
+        """Add the batch's lines to records, as many at a time as fit (a bisection, no loop)."""
+        data, ends = memoryview(batch.data), batch.ends  # slices are copied once, into a record
+        line = start = 0  # the next line to place and its offset in `data`
+        while line < len(ends):
+            fit = bisect.bisect_right(ends, start + self._limit - self._used, line)
+            if fit > line:
+                end = ends[fit - 1]
+                self._lines.append(data[start:end])
+                self._used += end - start
+                self._record_rows += fit - line
+                self._row_no += fit - line
+                line, start = fit, end
+            elif self._lines:
+                self._close_record()
+                if self.failed:
+                    return
+            else:
+                end = ends[line]
+                self._row_no += 1
+                to_errors(self._row_no, bytes(data[start:end]), self._limit)
+                line, start = line + 1, end
 
     def _next_key(self) -> None:
         """One partition key per record, so that MD5 spreads the records over all shards."""
         self._key = f"{self._ingest_id}:{self._record_no}"
         self._limit = self._max_record_bytes - len(self._key.encode())
 
-    def _close_record(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
+    def _close_record(self) -> None:
+        data = b"".join(self._lines)
         size = len(data) + len(self._key.encode())
         if self._batch and (
             len(self._batch) == MAX_CALL_RECORDS or self._batch_bytes + size > MAX_CALL_BYTES
         ):
             self._submit()
-        self._batch.append(_Record(data, self._key, len(lines)))
+        self._batch.append(_Record(data, self._key, self._record_rows))
         self._batch_bytes += size
         self._record_no += 1
+        self._lines, self._used, self._record_rows = [], 0, 0
         self._next_key()
 
     def _submit(self) -> None:
@@ -640,8 +725,8 @@ def ingest(
     with open_source() as source, ThreadPoolExecutor(max_in_flight) as pool:
         hashing = _HashingReader(source)
         delivery = _Delivery(sender, pool, max_in_flight, ingest_id, max_record_bytes)
-        with closing(encoder.lines(io.BufferedReader(hashing, _CHUNK_BYTES))) as lines:
-            delivery.run(lines, send_to_errors)
+        with closing(encoder.batches(io.BufferedReader(hashing, _CHUNK_BYTES))) as batches:
+            delivery.run(batches, send_to_errors)
     totals = delivery.totals
     content_hash = hashing.digest.hexdigest()
 

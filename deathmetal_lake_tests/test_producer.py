@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import itertools
@@ -20,7 +21,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from deathmetal_lake import producer
 from deathmetal_lake.datasets import DATASETS_BY_NAME, Dataset
+from deathmetal_lake.encoding import LineBatch, encode_plain, plain_records
 from deathmetal_lake.producer import (
     MAX_CALL_BYTES,
     MAX_CALL_RECORDS,
@@ -38,6 +41,7 @@ from deathmetal_lake.sources import ingest_key
 BUCKET = "csv-batch-bucket"
 REVIEWS = DATASETS_BY_NAME["reviews"]
 ALBUMS = DATASETS_BY_NAME["albums"]
+SAMPLE_CSV_DIR = Path(__file__).resolve().parent.parent / "csv"
 FAST_RETRY = RetryPolicy(max_attempts=10, base_seconds=0.001, cap_seconds=0.01)
 
 
@@ -567,25 +571,225 @@ class GeneratedCsv(io.RawIOBase):
         return n
 
 
-def test_preflight_and_encoder_stream_in_bounded_memory() -> None:
-    rows = 50_000  # about 23 MB
-    opened: list[GeneratedCsv] = []
+@pytest.mark.parametrize(
+    ("method", "rows", "max_peak"),
+    [("lines", 50_000, 4_000_000), ("batches", 200_000, 12_000_000)],
+)
+def test_preflight_and_encoder_stream_in_bounded_memory(
+    method: str, rows: int, max_peak: int
+) -> None:
+    """Python's own allocations only: Polars' are checked on a 1 GB file by hand (README)."""
+    opened: list[GeneratedCsv] = []  # 50,000 rows are about 23 MB
 
     def open_source() -> BinaryIO:
         opened.append(GeneratedCsv(rows))
         return io.BufferedReader(opened[-1])
 
+    gc.collect()  # earlier tests' garbage: finalizers run by a collection are not the encoder's
     tracemalloc.start()
     try:
         info = preflight(open_source, dataset=REVIEWS, source_file="reviews.csv")
         encoder = RowEncoder(info.header, source_file="reviews.csv", ingest_id="reviews-x")
         with open_source() as source:
-            json_bytes = sum(map(len, encoder.lines(source)))
+            if method == "lines":
+                json_bytes = sum(map(len, encoder.lines(source)))
+            else:
+                json_bytes = sum(len(batch.data) for batch in encoder.batches(source))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
     assert encoder.rows == rows
-    assert opened[0].size == info.byte_size > 20_000_000
+    assert opened[0].size == info.byte_size > rows * 400
     assert json_bytes > info.byte_size
-    assert peak < 4_000_000, f"peak {peak:,} bytes for a {info.byte_size:,}-byte file"
+    assert peak < max_peak, f"peak {peak:,} bytes for a {info.byte_size:,}-byte file"
+
+
+def encode_both(
+    data: bytes, header: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, block_bytes: int
+) -> tuple[RowEncoder, list[bytes], RowEncoder, list[bytes], int]:
+    """The lines of `data` through the csv module alone and through `batches`, whose blocks
+    are `block_bytes` long; also how many rows Polars encoded."""
+    monkeypatch.setattr(producer, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(producer, "_MAX_BLOCK_BYTES", 4 * block_bytes)
+    fast_rows = 0
+
+    def counting_encode_plain(*args: Any, **kwargs: Any) -> LineBatch | None:
+        nonlocal fast_rows
+        batch = encode_plain(*args, **kwargs)
+        fast_rows += len(batch) if batch else 0
+        return batch
+
+    monkeypatch.setattr(producer, "encode_plain", counting_encode_plain)
+    options = {"source_file": "reviews.csv", "ingest_id": "reviews-0123456789ab"}
+    reference = RowEncoder(header, **options)
+    expected = list(reference.lines(io.BytesIO(data)))
+    fast = RowEncoder(header, **options)
+    batches = list(fast.batches(io.BufferedReader(io.BytesIO(data), 64)))
+    lines = [
+        b.data[start:end] for b in batches for start, end in zip([0, *b.ends], b.ends, strict=False)
+    ]
+    assert all(batch.ends[-1] == len(batch.data) for batch in batches)
+    return reference, expected, fast, lines, fast_rows
+
+
+def plain_rows(first: int, count: int) -> bytes:
+    return b"".join(
+        b'%d,%d,"t, %d",%d,"a ""b""\r\nc"\n' % (i, i, i, i % 101)
+        for i in range(first, first + count)
+    )
+
+
+NASTY = {
+    "tricky-values-crlf-bom": csv_bytes(
+        [["id", "album", "title", "score", "content"]]
+        + [[str(i), "1", v, "2", v[::-1]] for i, v in enumerate(TRICKY_VALUES * 30, 1)],
+        line_end="\r\n",
+        bom=True,
+    ),
+    "quote-all": "".join(
+        f'"{i}","1","{v.replace(chr(34), chr(34) * 2)}","2",""\n'
+        for i, v in enumerate(TRICKY_VALUES * 30, 1)
+    ).encode(),
+    "ragged-and-empty-lines": plain_rows(1, 50)
+    + b'51,1,short\n\n\r\n52,1,t,2,c,extra,"x\ny"\n53,1,t,2,ok\n'
+    + plain_rows(54, 50)
+    + b"\n\n",
+    "malformed-quotes": plain_rows(1, 50)
+    + b'51,1,"bad"quote,4,x\n52,1,12" vinyl,1,"a\nb"\n53,1, "spaced",1,x\n'
+    + plain_rows(54, 50),
+    "balanced-malformed-quotes": plain_rows(1, 50)
+    + b'51,1,"bad"quote,4,"x"y\n52,1,a""b,1,x\n53,1, "spaced" ,1,x\n54,1,"a"" ,1,x\n'
+    + plain_rows(55, 50),
+    "cr-cr-lf": plain_rows(1, 50) + b'51,1,t,1,x\r\r\n52,1,t,1,"q"\r\r\n' + plain_rows(53, 50),
+    "lone-cr-nul-and-bom-char": plain_rows(1, 50)
+    + b'51,1,t,1,x\r52,1,t,1,"in\rquotes"\n53,1,n\x00ul,1,\x01\n\xef\xbb\xbf54,1,t,1,x\n'
+    + plain_rows(55, 50),
+    "long-field-and-no-final-newline": plain_rows(1, 20)
+    + b'21,1,t,1,"'
+    + "ü🤘 ".encode() * 20_000
+    + b'"\n'
+    + plain_rows(22, 20)
+    + b"42,1,t,1,last",
+    "long-multiline-field": plain_rows(1, 20)
+    + b'21,1,t,1,"'
+    + "line ü\r\n".encode() * 5000
+    + b'"\n'
+    + plain_rows(22, 20),
+    "header-only": b"",
+}
+
+
+NOT_PLAIN = {
+    "ragged-and-empty-lines",
+    "malformed-quotes",
+    "balanced-malformed-quotes",
+    "cr-cr-lf",
+    "lone-cr-nul-and-bom-char",
+}
+"""Cases with rows Polars must not encode."""
+
+
+@pytest.mark.parametrize("block_bytes", [64, 1000, 1 << 20])
+@pytest.mark.parametrize("case", list(NASTY))
+def test_fast_path_gives_the_lines_of_the_csv_module(
+    case: str, block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = NASTY[case]
+    if not data.startswith((b"\xef\xbb\xbfid", b"id")):
+        data = HEADER + data
+
+    reference, expected, fast, lines, fast_rows = encode_both(
+        data, ("id", "album", "title", "score", "content"), monkeypatch, block_bytes
+    )
+
+    assert lines == expected
+    assert [json.loads(line) for line in lines] == [json.loads(line) for line in expected]
+    assert (fast.rows, fast.parse_error_rows) == (reference.rows, reference.parse_error_rows)
+    if block_bytes < len(data) // 4:
+        assert fast_rows > 0.5 * fast.rows, "blocks after a bad one take the fast path again"
+    if case in NOT_PLAIN:
+        assert fast_rows < fast.rows
+
+
+@pytest.mark.parametrize("name", ["albums.csv", "bands.csv", "reviews.csv"])
+def test_fast_path_gives_the_lines_of_the_csv_module_on_the_sample(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = (SAMPLE_CSV_DIR / name).read_bytes()
+    dataset = DATASETS_BY_NAME[name.removesuffix(".csv")]
+    info = preflight(lambda: io.BytesIO(data), dataset=dataset, source_file=name)
+
+    reference, expected, fast, lines, fast_rows = encode_both(
+        data, info.header, monkeypatch, 1 << 16
+    )
+
+    assert lines == expected
+    assert fast.rows == reference.rows > 1000
+    assert fast_rows > 0.5 * fast.rows
+
+
+@pytest.mark.parametrize(
+    ("block", "records"),
+    [
+        pytest.param(b'1,"a""b",""\r\n2,"""q""",x\n3,"a\r\nb\rc",y', 3, id="plain"),
+        pytest.param(b"1,2,3\n", 1, id="unquoted"),
+        pytest.param(b'1,"bad"x,3\n', 0, id="text-after-closing-quote"),
+        pytest.param(b'1,12" vinyl,3\n', 0, id="quote-in-unquoted-field"),
+        pytest.param(b'1, "a",3\n', 0, id="space-before-quote"),
+        pytest.param(b'1,"open,3\n', 0, id="ends-inside-quotes"),
+        pytest.param(b"1,2,3\r4,5,6\n", 0, id="lone-cr"),
+        pytest.param(b"1,2,3\n\n4,5,6\n", 0, id="empty-line"),
+        pytest.param(b"1,\x00,3\n", 0, id="nul"),
+        pytest.param(b"\xef\xbb\xbf1,2,3\n", 0, id="leading-bom"),
+    ],
+)
+def test_only_plain_blocks_take_the_fast_path(block: bytes, records: int) -> None:
+    assert plain_records(block, 3) == records
+
+
+@pytest.mark.parametrize("block", [b"1,2\n4,5,6,7\n", b"1,2,3,4\n5,6\n", b"1,2,3\n4,5\n6,7,8,9\n"])
+def test_records_of_the_wrong_width_are_not_encoded(block: bytes) -> None:
+    """Their commas add up, so only Polars sees the records differ."""
+    records = plain_records(block, 3)
+    assert records == block.count(b"\n")
+    header = ("a", "b", "c")
+    assert encode_plain(block, records, header, source_file="f", ingest_id="i", first_row=1) is None
+
+
+def test_records_are_filled_greedily_in_row_order(aws: Aws, tmp_path: Path) -> None:
+    rows = [[str(i), "1", "t", "2", "x" * (i * 37 % 500)] for i in range(1, 3001)]
+    rows[1000][4] = "y" * 5000  # too large for a record
+    keeping = KeepingKinesis(aws.kinesis)
+
+    report = run_ingest(
+        aws,
+        tmp_path,
+        csv_bytes([["id", "album", "title", "score", "content"], *rows]),
+        kinesis=keeping,
+        max_record_bytes=4096,
+    )
+
+    records = [(data.split(b"\n")[:-1], len(key)) for data, key in keeping.records]
+    row_numbers = [json.loads(line)["_source_row"] for lines, _ in records for line in lines]
+    assert row_numbers == [n for n in range(1, 3001) if n != 1001]
+    for (lines, key_bytes), (following, _) in itertools.pairwise(records):
+        last, first = json.loads(lines[-1]), json.loads(following[0])
+        if first["_source_row"] == last["_source_row"] + 1:
+            size = sum(len(line) + 1 for line in lines) + key_bytes + len(following[0]) + 1
+            assert size > 4096, "a record was closed while the next line still fitted"
+    assert [r["source_row"] for r in report.oversize_rows] == [1001]
+
+
+class KeepingKinesis:
+    """A real Kinesis client that keeps every record sent, in order (calls one at a time)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self._lock = threading.Lock()
+        self.records: list[tuple[bytes, str]] = []
+
+    def put_records(self, *, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        with self._lock:
+            self.records.extend((r["Data"], r["PartitionKey"]) for r in Records)
+            return self._client.put_records(StreamName=StreamName, Records=Records)
