@@ -3,14 +3,19 @@
 A landing run succeeds only when every row it sent is in S3: this counts the ingest's distinct
 `_source_row`s in the objects Firehose delivered since the send began, the same way on the
 embedded AWS, LocalStack and AWS (all three write `{prefix}YYYY/MM/DD/HH/...` in UTC).
+
+`DeliveryWatcher` starts reading delivered objects while the producer is still sending, so what
+is left to wait for after the last PutRecords is only the tail of the ingest.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any
 
 import polars as pl
@@ -26,43 +31,47 @@ class DeliveryTimeoutError(TimeoutError):
 
 @dataclass
 class Arrival:
-    """What has arrived so far for one ingest."""
+    """What has arrived so far for one ingest: its objects and the source rows in them."""
 
-    expected_rows: int
-    delivered: bytearray = field(init=False)
     objects: dict[str, int] = field(default_factory=dict)
-    copies: int = 0
     seconds: float = 0.0
+    _pending: list[pl.Series] = field(default_factory=list, repr=False)
+    _seen_rows: pl.Series = field(
+        default_factory=lambda: pl.Series("_source_row", [], pl.Int64), repr=False
+    )
 
-    def __post_init__(self) -> None:
-        # One byte per source row: 5 MB for a 5-million-row file, whatever its width.
-        self.delivered = bytearray(self.expected_rows + 1)
+    @property
+    def _distinct(self) -> pl.Series:
+        """Distinct rows so far; merged on demand, not per object (a 2 M-row ingest has 200+)."""
+        if self._pending:
+            self._seen_rows = pl.concat([self._seen_rows, *self._pending]).unique()
+            self._pending.clear()
+        return self._seen_rows
+
+    @property
+    def lines(self) -> int:
+        """Every delivered line of the ingest, Firehose's copies included."""
+        return sum(self.objects.values())
 
     @property
     def rows(self) -> int:
-        return self.expected_rows - self.delivered.count(0) + 1
+        """Distinct source rows delivered."""
+        return self._distinct.len()
 
     @property
-    def missing(self) -> int:
-        return self.expected_rows - self.rows
+    def copies(self) -> int:
+        return self.lines - self.rows
 
-    def first_missing(self, limit: int = 10) -> list[int]:
-        found, start = [], 1
-        while len(found) < limit:
-            index = self.delivered.find(0, start)
-            if index < 0:
-                break
-            found.append(index)
-            start = index + 1
-        return found
+    def missing(self, expected_rows: int) -> int:
+        return expected_rows - self._distinct.filter(self._distinct <= expected_rows).len()
+
+    def first_missing(self, expected_rows: int, limit: int = 10) -> list[int]:
+        expected = pl.int_range(1, expected_rows + 1, dtype=pl.Int64, eager=True)
+        return expected.filter(~expected.is_in(self._distinct.implode())).head(limit).to_list()
 
     def record(self, key: str, rows: pl.Series) -> None:
-        for row in rows.to_list():
-            if 1 <= row <= self.expected_rows:
-                if self.delivered[row]:
-                    self.copies += 1
-                self.delivered[row] = 1
         self.objects[key] = len(rows)
+        self._pending.append(rows)
 
 
 def _hour_prefixes(prefix: str, since: datetime, until: datetime) -> list[str]:
@@ -74,47 +83,105 @@ def _hour_prefixes(prefix: str, since: datetime, until: datetime) -> list[str]:
     return prefixes
 
 
-def wait_for_delivery(
-    s3_client: Any,
-    *,
-    bucket: str,
-    prefix: str,
-    ingest_id: str,
-    expected_rows: int,
-    since: datetime,
-    timeout_seconds: float,
-    poll_seconds: float = 0.25,
-) -> Arrival:
-    """Poll `prefix` until all `expected_rows` of `ingest_id` arrived; raise on timeout."""
-    arrival = Arrival(expected_rows)
-    started = time.monotonic()
-    seen: set[str] = set()
-    earliest = since - _CLOCK_SLACK
-    while arrival.missing > 0:
-        now = datetime.now(UTC)
-        for hour_prefix in _hour_prefixes(prefix, earliest, now + _CLOCK_SLACK):
-            pages = s3_client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=hour_prefix
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    if item["Key"] in seen or item["LastModified"] < earliest:
-                        continue
-                    seen.add(item["Key"])
-                    body = s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                    lines = pl.read_ndjson(io.BytesIO(body), schema=_PROVENANCE_SCHEMA)
-                    mine = lines.filter(pl.col("_ingest_id") == ingest_id)["_source_row"]
-                    if len(mine):
-                        arrival.record(item["Key"], mine)
-        arrival.seconds = time.monotonic() - started
-        if arrival.missing <= 0:
-            break
-        if arrival.seconds > timeout_seconds:
-            raise DeliveryTimeoutError(
-                f"ingest {ingest_id}: {arrival.missing} of {expected_rows} rows were not delivered "
-                f"to s3://{bucket}/{prefix} within {timeout_seconds:.0f}s "
-                f"(first missing source rows: {arrival.first_missing()}); "
-                "check the Firehose delivery stream and its error output under errors/"
-            )
-        time.sleep(poll_seconds)
-    return arrival
+class DeliveryWatcher:
+    """Collects an ingest's delivered rows from `prefix`, in the background while it is open.
+
+    Use it as a context manager around the send, then call `wait` with the number of rows sent.
+    """
+
+    def __init__(
+        self,
+        s3_client: Any,
+        *,
+        bucket: str,
+        prefix: str,
+        ingest_id: str,
+        since: datetime,
+        poll_seconds: float = 0.25,
+    ) -> None:
+        self._s3 = s3_client
+        self._bucket, self._prefix, self._ingest_id = bucket, prefix, ingest_id
+        self._earliest = since - _CLOCK_SLACK
+        self._poll_seconds = poll_seconds
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.arrival = Arrival()
+
+    def __enter__(self) -> DeliveryWatcher:
+        self._thread = threading.Thread(target=self._watch, name="delivery-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._stop_watching()
+        except Exception as error:
+            if exc is None:
+                raise
+            # The send failed too: its error is the one to report, this one goes with it.
+            exc.add_note(f"reading delivered objects also failed: {error!r}")
+
+    def wait(self, expected_rows: int, timeout_seconds: float) -> Arrival:
+        """Poll until all `expected_rows` arrived; raise DeliveryTimeoutError after the timeout."""
+        self._stop_watching()
+        started = time.monotonic()
+        while True:
+            self.poll()
+            self.arrival.seconds = time.monotonic() - started
+            missing = self.arrival.missing(expected_rows)
+            if missing <= 0:
+                return self.arrival
+            if self.arrival.seconds > timeout_seconds:
+                raise DeliveryTimeoutError(
+                    f"ingest {self._ingest_id}: {missing} of {expected_rows} rows were not "
+                    f"delivered to s3://{self._bucket}/{self._prefix} within "
+                    f"{timeout_seconds:.0f}s (first missing source rows: "
+                    f"{self.arrival.first_missing(expected_rows)}); "
+                    "check the Firehose delivery stream and its error output under errors/"
+                )
+            time.sleep(self._poll_seconds)
+
+    def poll(self) -> None:
+        """Read every object delivered since the last poll."""
+        with self._lock:
+            now = datetime.now(UTC)
+            for hour_prefix in _hour_prefixes(self._prefix, self._earliest, now + _CLOCK_SLACK):
+                pages = self._s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self._bucket, Prefix=hour_prefix
+                )
+                for page in pages:
+                    for item in page.get("Contents", []):
+                        if item["Key"] not in self._seen and item["LastModified"] >= self._earliest:
+                            self._read(item["Key"])
+
+    def _read(self, key: str) -> None:
+        body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+        lines = pl.read_ndjson(io.BytesIO(body), schema=_PROVENANCE_SCHEMA)
+        mine = lines.filter(pl.col("_ingest_id") == self._ingest_id)["_source_row"]
+        self._seen.add(key)
+        if len(mine):
+            self.arrival.record(key, mine)
+
+    def _watch(self) -> None:
+        try:
+            while not self._stop.wait(self._poll_seconds):
+                self.poll()
+        except Exception as error:  # re-raised by `_stop_watching`, in the caller's thread
+            self._error = error
+
+    def _stop_watching(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -1,14 +1,18 @@
-"""The landing asset against a throttling Kinesis: the embedded AWS fails a share of every call."""
+"""The landing asset against a throttling Kinesis, and its wait for Firehose's deliveries."""
 
 import csv
 import json
 import shutil
+import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from deathmetal_lake.arrival import DeliveryTimeoutError, DeliveryWatcher
 from deathmetal_lake.assets.bronze import bronze_assets
 from deathmetal_lake.assets.landing import landing_assets
 from deathmetal_lake.partitions import INGEST_PARTITIONS
@@ -95,3 +99,37 @@ def test_the_asset_fails_with_the_unsent_count_when_the_retry_budget_runs_out(
         assert landing.get("KeyCount", 0) == 0
     finally:
         stop(settings)
+
+
+def _lines(ingest: str, rows: list[int]) -> bytes:
+    return b"".join(
+        json.dumps({"_ingest_id": ingest, "_source_row": r, "id": str(r)}).encode() + b"\n"
+        for r in rows
+    )
+
+
+def test_delivery_watcher_counts_copies_ignores_other_ingests_and_names_missing_rows(
+    embedded_aws: LakeSettings,
+) -> None:
+    s3 = aws_client(embedded_aws, "s3")
+    bucket, prefix = embedded_aws.bucket, "landing/reviews/"
+    hour = f"{prefix}{datetime.now(UTC):%Y/%m/%d/%H}/"
+    with DeliveryWatcher(
+        s3, bucket=bucket, prefix=prefix, ingest_id="r-1", since=datetime.now(UTC)
+    ) as watcher:
+        # Delivered while the "send" is still going: the background poll reads them.
+        s3.put_object(Bucket=bucket, Key=f"{hour}a", Body=_lines("r-1", [1, 2, 3]))
+        s3.put_object(Bucket=bucket, Key=f"{hour}b", Body=_lines("r-1", [3, 4]) + _lines("x", [9]))
+        time.sleep(1)
+        assert watcher.arrival.objects == {f"{hour}a": 3, f"{hour}b": 2}
+    arrival = watcher.wait(4, timeout_seconds=5)
+    assert (arrival.rows, arrival.copies, arrival.lines) == (4, 1, 5)
+
+    with pytest.raises(DeliveryTimeoutError) as raised:
+        watcher.wait(7, timeout_seconds=0.5)
+    assert "r-1: 3 of 7 rows were not delivered" in str(raised.value)
+    assert "first missing source rows: [5, 6, 7]" in str(raised.value)
+
+    # An object arriving after the send is picked up by the wait itself.
+    s3.put_object(Bucket=bucket, Key=f"{hour}c", Body=_lines("r-1", [5, 6, 7]))
+    assert watcher.wait(7, timeout_seconds=5).rows == 7

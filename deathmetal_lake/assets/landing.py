@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from deathmetal_lake.arrival import DeliveryTimeoutError, wait_for_delivery
+from deathmetal_lake.arrival import DeliveryTimeoutError, DeliveryWatcher
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.producer import DeliveryError, RetryPolicy, SourceFileError, ingest
@@ -83,33 +83,34 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
         _check_delivery_stream(firehose, dataset)
         context.log.info(f"ingesting {source.location} as {ingest_id}")
         started = datetime.now(UTC)
+        watcher = DeliveryWatcher(
+            s3_client,
+            bucket=lake.bucket,
+            prefix=dataset.landing_prefix,
+            ingest_id=ingest_id,
+            since=started,
+        )
+        # Delivered objects are read while the producer sends, not all after it.
+        with watcher:
+            try:
+                report = ingest(
+                    source.open,
+                    dataset=dataset,
+                    source_file=source.name,
+                    ingest_id=ingest_id,
+                    kinesis_client=kinesis.get_client(),
+                    s3_client=s3_client,
+                    bucket=lake.bucket,
+                    expected_hash=digest,
+                    retry=RetryPolicy(max_attempts=lake.put_records_max_attempts),
+                    # Two PutRecords calls in flight: sends 15 % faster at scale 10 (9.6 -> 8.2 s);
+                    # the embedded AWS applies writes under one lock, AWS per shard.
+                    max_in_flight=2,
+                )
+            except (SourceFileError, DeliveryError) as error:
+                raise Failure(str(error)) from error
         try:
-            report = ingest(
-                source.open,
-                dataset=dataset,
-                source_file=source.name,
-                ingest_id=ingest_id,
-                kinesis_client=kinesis.get_client(),
-                s3_client=s3_client,
-                bucket=lake.bucket,
-                expected_hash=digest,
-                retry=RetryPolicy(max_attempts=lake.put_records_max_attempts),
-                # Two PutRecords calls in flight: sends 15 % faster at scale 10 (9.6 -> 8.2 s);
-                # the embedded AWS applies writes under one lock, AWS per shard.
-                max_in_flight=2,
-            )
-        except (SourceFileError, DeliveryError) as error:
-            raise Failure(str(error)) from error
-        try:
-            arrival = wait_for_delivery(
-                s3_client,
-                bucket=lake.bucket,
-                prefix=dataset.landing_prefix,
-                ingest_id=ingest_id,
-                expected_rows=report.rows_sent,
-                since=started,
-                timeout_seconds=lake.landing_timeout_seconds,
-            )
+            arrival = watcher.wait(report.rows_sent, timeout_seconds=lake.landing_timeout_seconds)
         except DeliveryTimeoutError as error:
             raise Failure(str(error)) from error
         total_seconds = (datetime.now(UTC) - started).total_seconds()
