@@ -9,6 +9,7 @@ records it holds: anything added, lost, doubled or reordered shows.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -1079,3 +1081,52 @@ def test_injected_faults_fail_whole_calls_and_only_put_records(embedded_aws: Lak
         }
         stop(settings)
         ensure_running(settings)
+
+
+def test_delivered_objects_read_back_from_the_journal_as_moto_would_serve_them(
+    embedded_aws: LakeSettings,
+) -> None:
+    """Delivered objects skip moto's PutObject handling and keep their body only in the journal.
+
+    They must still answer GET, ranged GET, HEAD and ListObjects as moto's PutObject would have
+    made them: the body's MD5 as ETag, its CRC32 checksum, the checkpoint metadata; live, after a
+    clean stop and after SIGKILL (replay reads the journal's place of the body, not the body).
+    """
+    settings = embedded_aws
+    s3 = aws_client(settings, "s3")
+    sent = _put_round(settings, "reviews", 0, count=12, pad=300_000)
+    landed = _wait_landed(settings, "reviews", sent)
+    assert len(landed) >= 1 and all(len(o.body) > MiB for o in landed)
+    assert _spilled_sizes(settings) == [], "a delivered body was copied to a spill file"
+
+    def served() -> dict[str, Any]:
+        answers = {}
+        for obj in _list(s3, settings.bucket, "landing/reviews/"):
+            key = obj["Key"]
+            got = s3.get_object(Bucket=settings.bucket, Key=key, ChecksumMode="ENABLED")
+            body = got["Body"].read()
+            head = s3.head_object(Bucket=settings.bucket, Key=key)
+            ranged = s3.get_object(Bucket=settings.bucket, Key=key, Range="bytes=100-1099")
+            crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+            assert (
+                obj["ETag"] == got["ETag"] == head["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+            )
+            assert obj["Size"] == head["ContentLength"] == len(body)
+            assert obj["ChecksumAlgorithm"] == ["CRC32"] and got["ChecksumCRC32"] == crc
+            assert ranged["Body"].read() == body[100:1100]
+            assert ranged["ContentRange"] == f"bytes 100-1099/{len(body)}"
+            checkpoint = json.loads(head["Metadata"]["lake-delivery"])
+            assert checkpoint["delivery_stream"] == "reviews-firehose"
+            answers[key] = (body, got["ETag"], head["LastModified"], head["Metadata"])
+        return answers
+
+    live = served()
+    assert {key: body for key, (body, *_) in live.items()} == {o.key: o.body for o in landed}
+    stop(settings)
+    ensure_running(settings)
+    assert served() == live
+    _kill_server(settings)
+    ensure_running(settings)
+    assert served() == live
+    assert _delivery_status(settings)["reviews-firehose"]["objects_this_run"] == 0
+    assert _spilled_sizes(settings) == []

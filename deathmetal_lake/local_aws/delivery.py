@@ -30,7 +30,7 @@ from moto.firehose.models import firehose_backends
 from moto.kinesis.models import kinesis_backends
 
 from deathmetal_lake.local_aws.gateway import Entry, Refusal, operation
-from deathmetal_lake.local_aws.kinesis import payload, payload_size
+from deathmetal_lake.local_aws.kinesis import payload_size, payloads
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ class FirehoseDelivery:
                         size += payload_size(record)
                 if more:
                     break
-        for shard_id, position, record in picked:
-            data = payload(record)
+        decoded = payloads([record for _, _, record in picked])
+        for (shard_id, position, _), data in zip(picked, decoded, strict=True):
             if not delivery.buffer:
                 delivery.first_buffered_at = time.monotonic()
             delivery.buffer.append((shard_id, position, data))

@@ -7,12 +7,16 @@ Observers see each applied mutation, live and during replay alike; the Firehose 
 to keep its read positions in the same journal as the objects it wrote.
 
 Kinesis PutRecord(s), the bulk of what the lake sends, skip moto's request handling: `kinesis.py`
-applies them to moto's backend and leaves their payloads in the journal instead of memory.
+applies them to moto's backend and leaves their payloads in the journal instead of memory. So do
+the objects Firehose delivery writes (`put_object`): they go straight into moto's S3 backend with
+the ETag, checksum and metadata moto's PutObject would give them, and their bodies stay in the
+journal, the only copy, read back by offset (no spill file, no re-reading them on replay).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib
 import json
 import random
@@ -25,9 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.exceptions import JsonRESTError
+from moto.s3 import notifications
+from moto.s3.models import s3_backends
+from moto.s3.utils import metadata_from_headers
+from moto.utilities.utils import get_partition
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request
 
@@ -45,6 +54,8 @@ _KINESIS_PUTS = (kinesis.PUT_RECORD, kinesis.PUT_RECORDS)
 _JSON_1_1 = "application/x-amz-json-1.1"
 # moto reads the account and region of a request from its credential scope, never the signature.
 _INTERNAL_AUTHORIZATION = "AWS4-HMAC-SHA256 Credential=test/20250101"
+# The journal entry of an object written by `put_object` holds its MD5 here (and a lazy body).
+_OBJECT_ETAG = "etag"
 
 Observer = Callable[[Entry], None]
 Refusal = tuple[int, dict[str, Any]]
@@ -187,6 +198,11 @@ class Gateway:
                 self._replay_kinesis_put(entry)
                 count += 1
                 continue
+            if _OBJECT_ETAG in entry.extra:
+                self._store_object(entry)
+                self._notify(entry)
+                count += 1
+                continue
             with _moto_clock(entry.extra.get("t")):
                 response = self._dispatch(entry)
             if "upload_id" in entry.extra and (found := _UPLOAD_ID.search(response.body)):
@@ -314,9 +330,11 @@ class Gateway:
         return response
 
     def put_object(self, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
-        """PutObject from inside the emulator (Firehose delivery): journaled, no HTTP round trip.
+        """PutObject from inside the emulator (Firehose delivery): journaled, no request handling.
 
-        The entry is the request boto3 would send, so replay applies it like any other.
+        The entry is the request boto3 would send (so the Firehose checkpoint in its metadata is
+        observed like any other), plus the body's MD5, computed here outside the lock. The object
+        goes straight into moto's backend with its body left in the journal (`_store_object`).
         """
         checksum = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
         entry = Entry(
@@ -331,11 +349,51 @@ class Gateway:
                 ("Authorization", f"{_INTERNAL_AUTHORIZATION}/{self.region}/s3/aws4_request"),
             ],
             body=body,
+            extra={_OBJECT_ETAG: hashlib.md5(body, usedforsecurity=False).hexdigest()},
+            lazy=True,
         )
         with self.lock:
-            response = self._apply(entry)
-        if not response.ok:
-            raise RuntimeError(f"PutObject s3://{bucket}/{key} failed: {response.status}")
+            self._s3_backend().get_bucket(bucket)  # raises MissingBucket before journaling
+            entry.extra["t"] = time.time()
+            self.journal.append(entry)
+            self._store_object(entry)
+            self._notify(entry)
+
+    def _s3_backend(self) -> Any:
+        return s3_backends[DEFAULT_ACCOUNT_ID][get_partition(self.region)]
+
+    def _store_object(self, entry: Entry) -> None:
+        """Apply a journaled `put_object` entry to moto's S3 backend, live and on replay alike.
+
+        What moto's PutObject handler does for these headers, minus parsing the request, copying
+        the body and hashing it: the body is a view of the journal, the ETag the journaled MD5.
+        """
+        bucket_name, quoted_key = entry.path.lstrip("/").split("/", 1)
+        backend = self._s3_backend()
+        with _moto_clock(entry.extra["t"]):
+            key = backend.put_object(
+                bucket_name,
+                unquote(quoted_key),
+                b"",
+                storage="STANDARD",
+                etag=entry.extra[_OBJECT_ETAG],
+                checksum_value=entry.header("X-Amz-Checksum-Crc32"),
+                disable_notification=True,
+            )
+            key._value_buffer.close()
+            key._value_buffer = self.journal.view(entry.offset, entry.size)
+            key.contentsize = entry.size
+            key.set_metadata(metadata_from_headers(dict(entry.headers)))
+            key.set_acl(backend.get_bucket(bucket_name).acl)  # a request without ACL headers
+            key.website_redirect_location = None
+            key.checksum_algorithm = entry.header("X-Amz-Sdk-Checksum-Algorithm")
+            notifications.send_event(
+                backend.account_id,
+                notifications.S3NotificationEvent.OBJECT_CREATED_PUT_EVENT,
+                backend.get_bucket(bucket_name),
+                key,
+            )
+            backend.put_object_tagging(key, {})
 
     def _dispatch(self, entry: Entry) -> Response:
         builder = EnvironBuilder(

@@ -6,12 +6,15 @@ journal into a fresh moto in order, which rebuilds the same buckets, objects, st
 sequence numbers. A process killed in the middle of an append leaves a torn tail, which is cut off
 on open: the client of that request never got an answer, so nothing it was told is lost.
 
-Entries know where their body lies in the file, so large payloads (Kinesis records) need not stay
-in memory: they are read back from the journal when asked for.
+Entries know where their body lies in the file, so large payloads (Kinesis records, delivered S3
+objects) need not stay in memory: they are read back from the journal when asked for. The body of
+an entry appended as `lazy` is not even read on replay, only its place is: moto's S3 object reads
+it from the journal (`BodyView`) instead of holding a copy.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -33,6 +36,10 @@ class Entry:
     extra: dict[str, Any] = field(default_factory=dict)
     offset: int = -1
     """Where the body starts in the journal file, once journaled."""
+    lazy: bool = False
+    """Replay leaves the body in the file (`body` is then empty) and reads only its place."""
+    size: int = -1
+    """The body's length in the journal, once journaled (also for lazy entries)."""
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -50,8 +57,15 @@ def _read_entries(handle: BinaryIO) -> Iterator[tuple[Entry, int]]:
         except ValueError:
             return
         offset = handle.tell()
-        body = handle.read(meta["n"])
-        if len(body) != meta["n"] or handle.read(1) != b"\n":
+        lazy = bool(meta.get("l"))
+        if lazy:
+            handle.seek(meta["n"], os.SEEK_CUR)
+            body = b""
+        else:
+            body = handle.read(meta["n"])
+            if len(body) != meta["n"]:
+                return
+        if handle.read(1) != b"\n":  # also where a lazy body was torn: the file ends before
             return
         entry = Entry(
             method=meta["m"],
@@ -61,6 +75,8 @@ def _read_entries(handle: BinaryIO) -> Iterator[tuple[Entry, int]]:
             body=body,
             extra=meta.get("x", {}),
             offset=offset,
+            lazy=lazy,
+            size=meta["n"],
         )
         yield entry, handle.tell()
 
@@ -101,8 +117,11 @@ class Journal:
         }
         if entry.extra:
             meta["x"] = entry.extra
+        if entry.lazy:
+            meta["l"] = 1
         header = json.dumps(meta).encode() + b"\n"
         entry.offset = self._handle.tell() + len(header)
+        entry.size = len(entry.body)
         # Three writes, not one concatenation: bodies are up to megabytes, copying them costs CPU.
         self._handle.write(header)
         self._handle.write(entry.body)
@@ -119,6 +138,10 @@ class Journal:
             raise OSError(f"{self.path} ends before {offset + length}")
         return data
 
+    def view(self, offset: int, length: int) -> BodyView:
+        """A read-only file over `length` bytes at `offset`, e.g. a lazy entry's body."""
+        return BodyView(self, offset, length)
+
     def sync(self) -> None:
         if self._handle is not None:
             self._handle.flush()
@@ -132,3 +155,41 @@ class Journal:
         if self._reader is not None:
             os.close(self._reader)
             self._reader = None
+
+
+class BodyView(io.RawIOBase):
+    """Part of the journal as a read-only, seekable file: what moto's S3 object keeps its body in.
+
+    moto reads an object's body with seek(0) and read() under the object's own lock; reads go to
+    the journal by offset, so the bytes are neither held in memory nor copied to a spill file.
+    """
+
+    def __init__(self, journal: Journal, offset: int, length: int) -> None:
+        super().__init__()
+        self._journal = journal
+        self._offset = offset
+        self._length = length
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")  # what moto's own buffer raises
+        remaining = max(0, self._length - self._position)
+        count = remaining if size is None or size < 0 else min(size, remaining)
+        data = self._journal.read(self._offset + self._position, count) if count else b""
+        self._position += count
+        return data
