@@ -23,9 +23,11 @@ import polars as pl
 import pytest
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
+    AssetSelection,
     DagsterEventType,
     DagsterInstance,
     Definitions,
@@ -335,6 +337,72 @@ def test_quarantine_rate_warns_over_threshold(good) -> None:
     }
 
 
+def test_required_column_absent_from_the_table_fails(good) -> None:
+    result = contracts.evaluate_required(good["albums"].drop("title"), RULES["albums"])
+    assert (result.passed, result.severity) == (False, ERROR)
+    assert "title" in result.description and "null_title" not in result.metadata
+
+
+def test_counts_are_exact_and_samples_do_not_depend_on_row_order(good) -> None:
+    """Silver streams in no guaranteed order: the sample is sorted, the counts cover every row."""
+    bands = good["bands"].collect()
+    bad = pl.concat([bands, bands, bands.head(3).with_columns(pl.lit(None, pl.Int64).alias("id"))])
+    shuffled = bad.sample(fraction=1.0, shuffle=True, seed=7)
+    results = [contracts.evaluate_key(frame.lazy(), RULES["bands"]) for frame in (bad, shuffled)]
+    for result in results:
+        assert_fails(result, ERROR)
+        counts = [meta(result, c) for c in ("null_keys", "duplicate_keys", "duplicate_key_rows")]
+        assert counts == [3, 20, 40]
+    assert failing(results[0]) == failing(results[1])
+    rows = failing(results[0])  # each kind of problem gets half of the sample
+    assert [(r["problem"], r["id"]) for r in rows] == [
+        *[("null key", None)] * 3,
+        *[("duplicate key", i) for i in (1, 1, 2, 2, 3)],
+    ]
+    fk, few_bands = ForeignKey("band", "bands"), good["bands"].filter(pl.col("id") > 5)
+    albums = good["albums"].collect()
+    orphans = [
+        contracts.evaluate_foreign_key(frame.lazy(), few_bands, fk, CONTRACTS["albums"])
+        for frame in (albums, albums.sample(fraction=1.0, shuffle=True, seed=3))
+    ]
+    assert failing(orphans[0]) == failing(orphans[1])
+    assert [r["band"] for r in failing(orphans[0])] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_contracts_never_read_the_reviews_content(good) -> None:
+    """Each check reads the columns it needs: loading `content` here raises, even for samples."""
+
+    def unreadable(frame: pl.LazyFrame) -> pl.LazyFrame:
+        def fail(_: pl.Series) -> pl.Series:
+            raise AssertionError("content was read")
+
+        return frame.with_columns(pl.col("content").map_batches(fail, return_dtype=pl.String))
+
+    rows = reviews_rows(60, 40)
+    rows[1]["score"] = "101"  # quarantined
+    reviews = build("reviews", [*rows, {**rows[0], "title": "copy"}])
+    bad = unreadable(
+        pl.concat([reviews.table, reviews.table.head(1)]).with_columns(
+            pl.when(pl.col("id") == 3).then(None).otherwise(pl.col("album")).alias("album"),
+            pl.when(pl.col("id") == 4).then(-1.0).otherwise(pl.col("score")).alias("score"),
+        )
+    )
+    albums = good["albums"].filter(pl.col("id") != 6)
+    results = [
+        contracts.evaluate_key(bad, RULES["reviews"]),
+        contracts.evaluate_required(bad, RULES["reviews"]),
+        contracts.evaluate_values(bad, RULES["reviews"], YEAR),
+        contracts.evaluate_foreign_key(
+            bad, albums, RULES["reviews"].foreign_keys[0], CONTRACTS["reviews"]
+        ),
+        contracts.evaluate_quarantine_rate(
+            unreadable(reviews.quarantine), bad, CONTRACTS["reviews"]
+        ),
+    ]
+    assert [failing(r) != [] for r in results] == [True] * len(results)
+    assert contracts.evaluate_schema(bad, "reviews").passed
+
+
 # ---------------------------------------------------------------------------------------------
 # Gold sanity
 
@@ -407,10 +475,60 @@ def test_definitions_register_checks_job_and_freshness_policy() -> None:
         for spec in d.check_specs:
             partitioned = spec.asset_key.path[0] in {"landing", "bronze"}
             assert (spec.partitions_def is not None) == partitioned, spec.key
-    job = defs.resolve_job_def(lake_checks_job.name)
-    assert {n.name for n in job.nodes} and all(
-        n.name.startswith(("silver__", "quarantine__", "gold__")) for n in job.nodes
-    )
+    job, lake = defs.resolve_job_def(lake_checks_job.name), {"silver", "gold"}
+    job_checks = job.asset_layer.asset_graph.asset_check_keys
+    assert job_checks == {k for k in check_keys if graph.get(k.asset_key).group_name in lake}
+    assert {k.asset_key.path[0] for k in job_checks} == {"silver", "quarantine", "gold"}
+
+
+def test_checks_share_steps_and_keep_their_flags() -> None:
+    """One step per silver dataset, one per mart another mart reads, one for the other marts,
+    one for freshness; each check keeps the name, asset and blocking flag the README lists."""
+    steps = [*contracts.contract_checks(), *gold.gold_checks(), *freshness.freshness_checks()]
+    step_of = {spec.key: d.node_def.name for d in steps for spec in d.check_specs}
+    specs = {spec.key: spec for d in steps for spec in d.check_specs}
+    assert set(specs) <= {k for d in lake_checks for k in d.check_keys}
+    assert len(steps) == len(RULES) + 3
+    by_name: dict[str, set[str]] = {}
+    for key, spec in specs.items():
+        by_name.setdefault(key.name, set()).add(spec.asset_key.to_user_string())
+        if key.name == "follows_upstream":
+            assert step_of[key] == "freshness_checks"
+            assert not spec.blocking and spec.automation_condition is not None
+        elif key.asset_key.path[0] in {"silver", "quarantine"}:
+            assert step_of[key] == f"silver_{key.asset_key.path[-1]}_contracts"
+        elif key.asset_key == AssetKey(["gold", "band_avg_scores"]):  # top10_by_country reads it
+            assert step_of[key] == "gold_band_avg_scores_checks"
+        else:
+            assert step_of[key] == "gold_checks"
+    blocking = {
+        "key_unique_not_null": True,
+        "required_not_null": True,
+        "columns_and_types": True,
+        "values_in_range": True,
+        "band_in_bands": True,
+        "album_in_albums": True,
+        "known_values": False,
+        "quarantine_rate": False,
+        "not_empty_when_inputs_are_not": True,
+        "scores_in_range": True,
+        "at_most_10_per_country": True,
+        "ranks_ordered": True,
+        "follows_upstream": False,
+    }
+    for key, spec in specs.items():
+        if key.name in blocking:
+            assert spec.blocking == blocking[key.name], key
+            assert spec.description, key
+    assert by_name["band_in_bands"] == {"silver/albums"}
+    assert by_name["album_in_albums"] == {"silver/reviews"}
+    assert by_name["known_values"] == {"silver/bands"}
+    assert by_name["quarantine_rate"] == {f"quarantine/{d}" for d in RULES}
+    assert by_name["key_unique_not_null"] == {f"silver/{d}" for d in RULES}
+    assert by_name["scores_in_range"] == {f"gold/{t}" for t in gold.GOLD_SCORE_COLUMNS}
+    assert len(by_name["follows_upstream"]) == 14
+    band_in_bands = specs[AssetCheckKey(AssetKey(["silver", "albums"]), "band_in_bands")]
+    assert {d.asset_key for d in band_in_bands.additional_deps} == {AssetKey(["silver", "bands"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,8 +542,8 @@ def _evaluations(result: Any) -> dict[tuple[str, str], AssetCheckEvaluation]:
     }
 
 
-def _run_silver_and_gold(tmp_path: Path, bands_kept: int) -> Any:
-    """Albums of bands 1..20, bands 1..`bands_kept`: the orphan rate decides the severity."""
+def _resources(tmp_path: Path) -> dict[str, Any]:
+    """The lake's resources over a temporary directory: the IO manager writes to `lake/`."""
     lake = LakeResource(
         aws_mode="aws",
         region="us-east-1",
@@ -438,6 +556,11 @@ def _run_silver_and_gold(tmp_path: Path, bands_kept: int) -> Any:
         put_records_max_attempts=1,
     )
     io_manager = LakeParquetIOManager(lake=lake, base_dir=str(tmp_path / "lake"))
+    return {"io_manager": io_manager, "lake": lake, "s3": LakeS3Resource(lake=lake)}
+
+
+def _run_silver_and_gold(tmp_path: Path, bands_kept: int) -> Any:
+    """Albums of bands 1..20, bands 1..`bands_kept`: the orphan rate decides the severity."""
     data = {
         "albums": albums_rows(40, 20),
         "bands": bands_rows(bands_kept),
@@ -462,7 +585,7 @@ def _run_silver_and_gold(tmp_path: Path, bands_kept: int) -> Any:
         [*bronze_assets, *silver_assets, *gold_assets, *checks],
         selection=[k for a in (*silver_assets, *gold_assets) for k in a.keys],
         instance=instance,
-        resources={"io_manager": io_manager, "lake": lake, "s3": LakeS3Resource(lake=lake)},
+        resources=_resources(tmp_path),
         raise_on_error=False,
     )
 
@@ -502,6 +625,19 @@ def test_warn_on_silver_does_not_block_gold(tmp_path: Path) -> None:
     assert all(e.passed for e in evaluations.values() if e.severity == ERROR)
     assert evaluations[("silver/albums", "silver_reconciles_with_bronze")].passed
     assert evaluations[("gold/album_rankings", "ranks_ordered")].passed
+
+
+def test_a_run_of_some_checks_of_a_step_evaluates_only_those(tmp_path: Path) -> None:
+    key = AssetCheckKey(AssetKey(["gold", "album_rankings"]), "follows_upstream")
+    result = materialize(
+        [*bronze_assets, *silver_assets, *gold_assets, *freshness.freshness_checks()],
+        selection=AssetSelection.checks(key),
+        instance=DagsterInstance.ephemeral(),
+        resources=_resources(tmp_path),
+    )
+    assert [(e.asset_key, e.check_name) for e in result.get_asset_check_evaluations()] == [
+        (key.asset_key, key.name)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +709,10 @@ def test_lake_checks_job_runs_the_checks_alone(sample_lake) -> None:
     result = job_defs.resolve_job_def(lake_checks_job.name).execute_in_process(instance=instance)
     assert result.success
     evaluations = _evaluations(result)
-    assert len(evaluations) == len(job_defs.resolve_job_def(lake_checks_job.name).nodes)
+    job = job_defs.resolve_job_def(lake_checks_job.name)
+    assert set(evaluations) == {
+        (k.asset_key.to_user_string(), k.name) for k in job.asset_layer.asset_graph.asset_check_keys
+    }
     assert all(e.passed for e in evaluations.values() if e.severity == ERROR)
     assert all(evaluations[k].passed for k in evaluations if k[1] == "follows_upstream")
     assert not result.get_asset_materialization_events()

@@ -5,6 +5,9 @@
   and quarantine rate (WARN), foreign-key orphans (WARN under a threshold, ERROR over it);
 - `gold`: gold sanity (ERROR, blocking);
 - `freshness`: silver and gold follow their upstream (WARN), plus a FreshnessPolicy.
+
+The contracts, gold and freshness checks share steps (`evidence.checks_step`): one per silver
+dataset, one per mart another mart reads plus one for the other marts, one for freshness.
 """
 
 from deathmetal_lake.checks.contracts import contract_checks

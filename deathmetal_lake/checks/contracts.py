@@ -5,21 +5,26 @@ rules (scores, years) — ERROR and blocking, so gold does not build on a silver
 values outside the known set (band status) — WARN; foreign-key orphans — WARN up to the
 dataset's `orphan_error_rate`, ERROR (blocking) above; quarantine rate — WARN above
 `quarantine_warn_rate`. Adding a rule to `rules.py` adds it to the checks.
+
+Every evaluation streams: counts come from lazy aggregations, only the columns a check needs are
+read (never the reviews' `content`), and only a sorted sample of the failing rows is collected.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import polars as pl
-from dagster import (
-    AssetCheckResult,
-    AssetChecksDefinition,
-    AssetCheckSeverity,
-    AssetIn,
-    asset_check,
-)
+from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, AssetCheckSpec
 
 from deathmetal_lake.assets.silver import quarantine_key, silver_key
-from deathmetal_lake.checks.evidence import check_result, sample_rows
+from deathmetal_lake.checks.evidence import (
+    SAMPLE_ROWS,
+    PlannedCheck,
+    check_result,
+    checks_step,
+    collect_streaming,
+    sample_lazy,
+)
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.rules import (
     CONTRACTS,
@@ -53,54 +58,76 @@ def expected_schema(dataset: str) -> pl.Schema:
 # Evaluations: plain Polars, one AssetCheckResult each
 
 
+def _samples(*frames: pl.LazyFrame) -> pl.DataFrame:
+    """The samples of several kinds of problem as one frame (their columns may differ)."""
+    return pl.concat([pl.DataFrame(), *collect_streaming(*frames)], how="diagonal_relaxed")
+
+
 def evaluate_key(table: pl.LazyFrame, rules: DatasetRules) -> AssetCheckResult:
+    """Null and duplicate keys, counted on the key column alone (a group-by, not a window)."""
     key = rules.key
-    rows = table.with_columns(pl.len().over(key).alias("copies")).collect()
-    null_keys = rows.filter(pl.col(key).is_null())
-    duplicates = rows.filter(pl.col(key).is_not_null() & (pl.col("copies") > 1)).sort(key)
-    failing = pl.concat(
-        [
-            sample_rows(
-                null_keys.with_columns(pl.lit("null key").alias("problem")), ["problem", key]
-            ),
-            sample_rows(
-                duplicates.with_columns(pl.lit("duplicate key").alias("problem")), ["problem", key]
-            ),
-        ],
-        how="diagonal_relaxed",
+    keys = table.select(key)
+    size, duplicates = collect_streaming(
+        keys.select(pl.len().alias("rows"), pl.col(key).null_count().alias("null_keys")),
+        keys.drop_nulls().group_by(key).len().filter(pl.col("len") > 1),
     )
+    rows, null_keys = size.row(0)
+    samples = []
+    if null_keys:
+        null_rows = table.filter(pl.col(key).is_null())
+        samples.append(
+            sample_lazy(null_rows.with_columns(problem=pl.lit("null key")), ["problem", key])
+        )
+    if duplicates.height:
+        first_keys = duplicates[key].sort().head(SAMPLE_ROWS)
+        copies = table.filter(pl.col(key).is_in(first_keys.implode()))
+        samples.append(
+            sample_lazy(
+                copies.with_columns(problem=pl.lit("duplicate key")), ["problem", key], [key]
+            )
+        )
     return check_result(
-        passed=failing.is_empty(),
+        passed=not samples,
         counts={
-            "rows": rows.height,
-            "null_keys": null_keys.height,
-            "duplicate_key_rows": duplicates.height,
-            "duplicate_keys": duplicates[key].n_unique(),
+            "rows": rows,
+            "null_keys": null_keys,
+            "duplicate_key_rows": int(duplicates["len"].sum()),
+            "duplicate_keys": duplicates.height,
         },
         thresholds={"null_or_duplicate_keys": 0},
-        failing=failing,
+        failing=_samples(*samples),
     )
 
 
 def evaluate_required(table: pl.LazyFrame, rules: DatasetRules) -> AssetCheckResult:
     required = [rules.key, *rules.required_columns]
-    rows = table.collect()
-    null_counts = {c: rows[c].null_count() for c in required if c in rows.columns}
-    absent = [c for c in required if c not in rows.columns]
-    failing_rows = rows.filter(pl.any_horizontal(pl.col(c).is_null() for c in null_counts))
-    failing = sample_rows(
-        failing_rows.with_columns(
-            pl.concat_str(
-                [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in null_counts],
-                separator=",",
-                ignore_nulls=True,
-            ).alias("null_columns")
-        ),
-        ["null_columns", *null_counts],
+    names = table.collect_schema().names()
+    present = [c for c in required if c in names]
+    absent = [c for c in required if c not in names]
+    (size,) = collect_streaming(
+        table.select(pl.len().alias("rows"), *(pl.col(c).null_count() for c in present))
     )
+    rows, *nulls = size.row(0)
+    null_counts = dict(zip(present, nulls, strict=True))
+    failing = pl.DataFrame()
+    if any(nulls):
+        null_columns = pl.concat_str(
+            [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in present],
+            separator=",",
+            ignore_nulls=True,
+        )
+        failing = _samples(
+            sample_lazy(
+                table.filter(pl.any_horizontal(pl.col(c).is_null() for c in present)).with_columns(
+                    null_columns.alias("null_columns")
+                ),
+                ["null_columns", *present],
+                present,
+            )
+        )
     return check_result(
-        passed=failing_rows.is_empty() and not absent,
-        counts={"rows": rows.height, **{f"null_{c}": n for c, n in null_counts.items()}},
+        passed=not any(nulls) and not absent,
+        counts={"rows": rows, **{f"null_{c}": n for c, n in null_counts.items()}},
         thresholds={"required_columns": ", ".join(required), "nulls_allowed": 0},
         failing=failing,
         description=f"required columns absent from the table: {absent}" if absent else None,
@@ -131,60 +158,77 @@ def evaluate_schema(table: pl.LazyFrame, dataset: str) -> AssetCheckResult:
     )
 
 
+def _count_rows_where(
+    table: pl.LazyFrame, conditions: Mapping[str, pl.Expr]
+) -> tuple[int, dict[str, int]]:
+    """The table's rows and, per name, the rows where its condition holds (null: it does not)."""
+    (size,) = collect_streaming(
+        table.select(
+            pl.len().alias("rows"),
+            *(expr.fill_null(False).sum().alias(name) for name, expr in conditions.items()),
+        )
+    )
+    rows, *counts = size.row(0)
+    return rows, {name: int(n) for name, n in zip(conditions, counts, strict=True)}
+
+
 def evaluate_values(
     table: pl.LazyFrame, rules: DatasetRules, current_year: int
 ) -> AssetCheckResult:
     last_year = current_year + MAX_YEAR_AHEAD
     ranges = {s.name: (s.minimum, s.maximum) for s in rules.score_columns}
     ranges |= {c: (MIN_YEAR, last_year) for c in rules.year_columns}
-    rows = table.collect()
+    names = table.collect_schema().names()
     out_of_range = {
         column: ~pl.col(column).is_between(low, high)
         for column, (low, high) in ranges.items()
-        if column in rows.columns
+        if column in names
     }
-    bad = {c: rows.filter(expr.fill_null(False)) for c, expr in out_of_range.items()}
-    failing = pl.concat(
-        [
-            sample_rows(
-                frame.select(
+    rows, counts = _count_rows_where(table, out_of_range)
+    failing = _samples(
+        *(
+            sample_lazy(
+                table.filter(expr.fill_null(False)).select(
                     pl.lit(column).alias("column"),
                     pl.col(column).cast(pl.String).alias("value"),
                     pl.exclude(column),
                 ),
                 ["column", "value", rules.key],
+                [rules.key],
             )
-            for column, frame in bad.items()
-        ]
-        or [pl.DataFrame()],
-        how="diagonal_relaxed",
+            for column, expr in out_of_range.items()
+            if counts[column]
+        )
     )
     return check_result(
-        passed=all(frame.is_empty() for frame in bad.values()),
-        counts={"rows": rows.height, **{f"out_of_range_{c}": f.height for c, f in bad.items()}},
+        passed=not any(counts.values()),
+        counts={"rows": rows, **{f"out_of_range_{c}": n for c, n in counts.items()}},
         thresholds={f"range_{c}": f"{low:g}..{high:g}" for c, (low, high) in ranges.items()},
         failing=failing,
     )
 
 
 def evaluate_known_values(table: pl.LazyFrame, rules: DatasetRules) -> AssetCheckResult:
-    rows = table.collect()
     unknown = {
-        column: rows.filter(pl.col(column).is_not_null() & ~pl.col(column).is_in(sorted(known)))
+        column: pl.col(column).is_not_null() & ~pl.col(column).is_in(sorted(known))
         for column, known in rules.known_values.items()
     }
-    failing = pl.concat(
-        [
-            sample_rows(frame.with_columns(pl.lit(c).alias("column")), ["column", c, rules.key])
-            for c, frame in unknown.items()
-        ]
-        or [pl.DataFrame()],
-        how="diagonal_relaxed",
+    rows, counts = _count_rows_where(table, unknown)
+    failing = _samples(
+        *(
+            sample_lazy(
+                table.filter(expr).with_columns(pl.lit(column).alias("column")),
+                ["column", column, rules.key],
+                [rules.key],
+            )
+            for column, expr in unknown.items()
+            if counts[column]
+        )
     )
     return check_result(
-        passed=all(f.is_empty() for f in unknown.values()),
+        passed=not any(counts.values()),
         severity=AssetCheckSeverity.WARN,
-        counts={"rows": rows.height, **{f"unknown_{c}": f.height for c, f in unknown.items()}},
+        counts={"rows": rows, **{f"unknown_{c}": n for c, n in counts.items()}},
         thresholds={f"known_{c}": ", ".join(sorted(k)) for c, k in rules.known_values.items()},
         failing=failing,
     )
@@ -197,27 +241,42 @@ def evaluate_foreign_key(
     contract: QualityContract,
     parent_key: str = "id",
 ) -> AssetCheckResult:
-    rows = child.select(pl.len()).collect().item()
+    """Orphans by an anti join on the key columns alone; the sample's provenance is read after.
+
+    The join carries only `fk.column` and `id`: the first orphans' other columns are fetched by
+    id afterwards, so the text columns are never read for the whole table.
+    """
+    keys = [fk.column, "id"]
     orphans = (
-        child.filter(pl.col(fk.column).is_not_null())
+        child.select(keys)
+        .filter(pl.col(fk.column).is_not_null())
         .join(parent.select(pl.col(parent_key).alias(fk.column)), on=fk.column, how="anti")
-        .collect()
     )
-    rate = orphans.height / rows if rows else 0.0
+    size, orphan_counts, first = collect_streaming(
+        child.select(pl.len()),
+        orphans.select(pl.len().alias("rows"), pl.col(fk.column).n_unique().alias("keys")),
+        orphans.sort(keys).head(SAMPLE_ROWS),
+    )
+    rows = size.item()
+    orphan_rows, orphan_keys = orphan_counts.row(0)
+    candidates = child.filter(pl.col("id").is_in(first["id"].implode()))
+    sample = candidates.join(first.lazy(), on=keys, how="semi")
+    failing = _samples(sample_lazy(sample, keys, keys)) if orphan_rows else None
+    rate = orphan_rows / rows if rows else 0.0
     too_many = rate > contract.orphan_error_rate
     return check_result(
-        passed=orphans.is_empty(),
+        passed=not orphan_rows,
         severity=AssetCheckSeverity.ERROR if too_many else AssetCheckSeverity.WARN,
         counts={
             "rows": rows,
-            "orphan_rows": orphans.height,
-            "orphan_keys": orphans[fk.column].n_unique(),
+            "orphan_rows": orphan_rows,
+            "orphan_keys": orphan_keys,
             "orphan_rate": round(rate, 6),
         },
         thresholds={"orphan_warn_rate": 0.0, "orphan_error_rate": contract.orphan_error_rate},
-        failing=sample_rows(orphans.sort(fk.column), [fk.column, "id"]),
+        failing=failing,
         description=(
-            f"{orphans.height} of {rows} rows ({rate:.2%}) have a {fk.column} missing from "
+            f"{orphan_rows} of {rows} rows ({rate:.2%}) have a {fk.column} missing from "
             f"{fk.references}.id; ERROR above {contract.orphan_error_rate:.2%}"
         ),
     )
@@ -226,120 +285,140 @@ def evaluate_foreign_key(
 def evaluate_quarantine_rate(
     quarantine: pl.LazyFrame, table: pl.LazyFrame, contract: QualityContract
 ) -> AssetCheckResult:
-    rejected = quarantine.collect()
-    kept = table.select(pl.len()).collect().item()
-    total = kept + rejected.height
-    rate = rejected.height / total if total else 0.0
+    """Counts by reason; the sample shows every reason (a rare one is not crowded out)."""
     reason = pl.col(REJECT_REASON_COLUMN).str.split(":").list.first()
-    by_reason = (
-        rejected.group_by(reason.alias("reason")).len().sort("len", descending=True).to_dicts()
-        if rejected.height
-        else []
+    by_reason, kept = collect_streaming(
+        quarantine.group_by(reason.alias("reason")).len().sort(["len", "reason"], descending=True),
+        table.select(pl.len()),
+    )
+    rejected = int(by_reason["len"].sum())
+    total = kept.item() + rejected
+    rate = rejected / total if total else 0.0
+    share = SAMPLE_ROWS // max(1, by_reason.height) or 1
+    failing = _samples(
+        *(
+            sample_lazy(quarantine.filter(reason == r), [REJECT_REASON_COLUMN, "id"]).head(share)
+            for r in by_reason["reason"]
+        )
     )
     return check_result(
         passed=rate <= contract.quarantine_warn_rate,
         severity=AssetCheckSeverity.WARN,
         counts={
             "bronze_rows": total,
-            "quarantine_rows": rejected.height,
+            "quarantine_rows": rejected,
             "quarantine_rate": round(rate, 6),
-            **{f"reason_{r['reason'].replace(' ', '_')}": r["len"] for r in by_reason},
+            **{f"reason_{r['reason'].replace(' ', '_')}": r["len"] for r in by_reason.to_dicts()},
         },
         thresholds={"quarantine_warn_rate": contract.quarantine_warn_rate},
-        failing=sample_rows(rejected, [REJECT_REASON_COLUMN, "id"]),
-        description=f"{rejected.height} of {total} rows ({rate:.2%}) quarantined",
+        failing=failing,
+        description=f"{rejected} of {total} rows ({rate:.2%}) quarantined",
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Definitions
+# Definitions: every contract of a dataset in one step
 
 
-def build_contract_checks(dataset: str) -> list[AssetChecksDefinition]:
+def _parent_input(fk: ForeignKey) -> str:
+    return f"silver_{fk.references}"
+
+
+def _foreign_key_check(dataset: str, fk: ForeignKey, contract: QualityContract) -> PlannedCheck:
+    parent_key = RULES[fk.references].key
+    return PlannedCheck(
+        AssetCheckSpec(
+            foreign_key_check_name(fk),
+            asset=silver_key(dataset),
+            blocking=True,
+            additional_deps=[silver_key(fk.references)],
+            description=(
+                f"`{fk.column}` in `{fk.references}.id`: orphans are a WARN up to "
+                f"{contract.orphan_error_rate:.0%} of rows, an ERROR (blocking) above."
+            ),
+        ),
+        lambda _, tables: evaluate_foreign_key(
+            tables["table"], tables[_parent_input(fk)], fk, contract, parent_key
+        ),
+    )
+
+
+def planned_contract_checks(dataset: str) -> list[PlannedCheck]:
+    """A dataset's contracts from its rules: each check's spec (the UI's) and evaluation."""
     rules, contract = RULES[dataset], CONTRACTS[dataset]
     key = silver_key(dataset)
 
-    @asset_check(
-        asset=key,
-        name=KEY_UNIQUE_NOT_NULL,
-        blocking=True,
-        description=f"`{rules.key}` is never null and unique.",
-    )
-    def key_check(table: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_key(table, rules)
+    def on_table(name: str, description: str, *, blocking: bool = True) -> AssetCheckSpec:
+        return AssetCheckSpec(name, asset=key, blocking=blocking, description=description)
 
-    @asset_check(
-        asset=key,
-        name=REQUIRED_NOT_NULL,
-        blocking=True,
-        description=f"Required columns are never null: {rules.required_columns}.",
-    )
-    def required_check(table: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_required(table, rules)
-
-    @asset_check(
-        asset=key,
-        name=COLUMNS_AND_TYPES,
-        blocking=True,
-        description="The column set and types are the ones the rules produce.",
-    )
-    def schema_check(table: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_schema(table, dataset)
-
-    @asset_check(
-        asset=key,
-        name=VALUES_IN_RANGE,
-        blocking=True,
-        description="Scores in their range, years in MIN_YEAR..next year.",
-    )
-    def values_check(table: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_values(table, rules, datetime.now(UTC).year)
-
-    checks = [key_check, required_check, schema_check, values_check]
-    if rules.known_values:
-
-        @asset_check(
-            asset=key,
-            name=KNOWN_VALUES,
-            description=f"Values in their known set: {sorted(rules.known_values)} (WARN).",
-        )
-        def known_check(table: pl.LazyFrame) -> AssetCheckResult:
-            return evaluate_known_values(table, rules)
-
-        checks.append(known_check)
-    checks += [_foreign_key_check(dataset, fk, contract) for fk in rules.foreign_keys]
-
-    @asset_check(
-        asset=quarantine_key(DATASETS_BY_NAME[dataset]),
-        name=QUARANTINE_RATE,
-        additional_ins={"table": AssetIn(key=key)},
-        description=f"WARN when more than {contract.quarantine_warn_rate:.1%} of rows are "
-        "quarantined; counts by reason.",
-    )
-    def quarantine_check(quarantine: pl.LazyFrame, table: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_quarantine_rate(quarantine, table, contract)
-
-    return [*checks, quarantine_check]
-
-
-def _foreign_key_check(
-    dataset: str, fk: ForeignKey, contract: QualityContract
-) -> AssetChecksDefinition:
-    @asset_check(
-        asset=silver_key(dataset),
-        name=foreign_key_check_name(fk),
-        blocking=True,
-        additional_ins={"parent": AssetIn(key=silver_key(fk.references))},
-        description=(
-            f"`{fk.column}` in `{fk.references}.id`: orphans are a WARN up to "
-            f"{contract.orphan_error_rate:.0%} of rows, an ERROR (blocking) above."
+    checks = [
+        PlannedCheck(
+            on_table(KEY_UNIQUE_NOT_NULL, f"`{rules.key}` is never null and unique."),
+            lambda _, tables: evaluate_key(tables["table"], rules),
         ),
+        PlannedCheck(
+            on_table(
+                REQUIRED_NOT_NULL, f"Required columns are never null: {rules.required_columns}."
+            ),
+            lambda _, tables: evaluate_required(tables["table"], rules),
+        ),
+        PlannedCheck(
+            on_table(COLUMNS_AND_TYPES, "The column set and types are the ones the rules produce."),
+            lambda _, tables: evaluate_schema(tables["table"], dataset),
+        ),
+        PlannedCheck(
+            on_table(VALUES_IN_RANGE, "Scores in their range, years in MIN_YEAR..next year."),
+            lambda _, tables: evaluate_values(tables["table"], rules, datetime.now(UTC).year),
+        ),
+    ]
+    if rules.known_values:
+        checks.append(
+            PlannedCheck(
+                on_table(
+                    KNOWN_VALUES,
+                    f"Values in their known set: {sorted(rules.known_values)} (WARN).",
+                    blocking=False,
+                ),
+                lambda _, tables: evaluate_known_values(tables["table"], rules),
+            )
+        )
+    checks += [_foreign_key_check(dataset, fk, contract) for fk in rules.foreign_keys]
+    checks.append(
+        PlannedCheck(
+            AssetCheckSpec(
+                QUARANTINE_RATE,
+                asset=quarantine_key(DATASETS_BY_NAME[dataset]),
+                additional_deps=[key],
+                description=f"WARN when more than {contract.quarantine_warn_rate:.1%} of rows are "
+                "quarantined; counts by reason.",
+            ),
+            lambda _, tables: evaluate_quarantine_rate(
+                tables["quarantine"], tables["table"], contract
+            ),
+        )
     )
-    def foreign_key_check(table: pl.LazyFrame, parent: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_foreign_key(table, parent, fk, contract)
+    return checks
 
-    return foreign_key_check
+
+def build_contract_checks(dataset: str) -> AssetChecksDefinition:
+    """Every contract of a dataset in one step: its tables are loaded once, lazily.
+
+    One step and not one per check: each step costs a fixed Dagster overhead, larger than the
+    streaming evaluation itself. Its blocking checks all guard `silver/{dataset}`, so a failure
+    stops exactly what one of them alone would.
+    """
+    rules = RULES[dataset]
+    return checks_step(
+        f"silver_{dataset}_contracts",
+        planned_contract_checks(dataset),
+        ins={
+            "table": silver_key(dataset),
+            "quarantine": quarantine_key(DATASETS_BY_NAME[dataset]),
+            **{_parent_input(fk): silver_key(fk.references) for fk in rules.foreign_keys},
+        },
+        description=f"The contracts of silver/{dataset} and its quarantine rate.",
+    )
 
 
 def contract_checks() -> list[AssetChecksDefinition]:
-    return [check for dataset in RULES for check in build_contract_checks(dataset)]
+    return [build_contract_checks(dataset) for dataset in RULES]

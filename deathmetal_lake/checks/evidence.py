@@ -2,16 +2,29 @@
 
 A user reads a failed check in the UI and acts on it without opening a notebook: the sample is a
 Markdown table (`failing_rows`) and the same rows as JSON (`failing_rows_json`) for tools.
+
+Also how checks run: several checks share one Dagster step (`checks_step`), because each step
+costs a fixed overhead (event log, input loading) that dwarfs the work of a check on a lazy table.
 """
 
-from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetIn,
+    AssetKey,
+    MetadataValue,
+    multi_asset_check,
+)
 from upath import UPath
 
 from deathmetal_lake.datasets import PROVENANCE_COLUMNS
@@ -24,6 +37,26 @@ def sample_rows(rows: pl.DataFrame, columns: Sequence[str] = ()) -> pl.DataFrame
     """Up to SAMPLE_ROWS rows: the given columns first, then the provenance columns present."""
     wanted = [*columns, *(c for c in PROVENANCE_COLUMNS if c not in columns)]
     return rows.select([c for c in wanted if c in rows.columns]).head(SAMPLE_ROWS)
+
+
+def sample_lazy(
+    rows: pl.LazyFrame, columns: Sequence[str] = (), order: Sequence[str] = ()
+) -> pl.LazyFrame:
+    """`sample_rows` of a lazy frame, sorted by `order` then provenance: bounded and deterministic.
+
+    Tables stream in no guaranteed row order, so the sample is sorted; the sort keeps only the
+    first SAMPLE_ROWS rows (a top-k), so a table where every row fails still costs little memory.
+    """
+    names = rows.collect_schema().names()
+    wanted = [*columns, *(c for c in PROVENANCE_COLUMNS if c not in columns)]
+    selected = rows.select([c for c in wanted if c in names])
+    by = [c for c in dict.fromkeys([*order, *PROVENANCE_COLUMNS]) if c in names]
+    return (selected.sort(by, nulls_last=True) if by else selected).head(SAMPLE_ROWS)
+
+
+def collect_streaming(*frames: pl.LazyFrame) -> list[pl.DataFrame]:
+    """The frames collected with the streaming engine: memory bounded by batches, not by tables."""
+    return pl.collect_all(frames, engine="streaming")
 
 
 def _cell(value: Any) -> str:
@@ -95,15 +128,6 @@ def _lake_path(io_manager: Any, path: str) -> UPath:
     )
 
 
-def read_lake_parquet(io_manager: Any, path: str) -> pl.DataFrame | None:
-    """The lake's Parquet file at `path` (no extension), or None when it does not exist."""
-    try:
-        with _lake_path(io_manager, path).open("rb") as f:
-            return pl.read_parquet(f)
-    except FileNotFoundError:
-        return None
-
-
 def parquet_rows(io_manager: Any, path: str) -> int | None:
     """Row count of the lake's Parquet file at `path` from its footer, None when absent."""
     try:
@@ -111,3 +135,73 @@ def parquet_rows(io_manager: Any, path: str) -> int | None:
             return pq.ParquetFile(f).metadata.num_rows
     except FileNotFoundError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Several checks in one step
+
+# A check's evaluation in a step: the step's context and its input tables by input name.
+Evaluation = Callable[[AssetCheckExecutionContext, Mapping[str, pl.LazyFrame]], AssetCheckResult]
+
+
+@dataclass(frozen=True)
+class PlannedCheck:
+    """One check of a `checks_step`: what the UI shows of it (`spec`) and how it is evaluated."""
+
+    spec: AssetCheckSpec
+    evaluate: Evaluation
+
+
+def checks_step(
+    name: str,
+    checks: Sequence[PlannedCheck],
+    ins: Mapping[str, AssetKey],
+    description: str,
+    required_resource_keys: frozenset[str] = frozenset(),
+) -> AssetChecksDefinition:
+    """`checks` evaluated in one Dagster step, `ins` (input name -> asset) loaded once, lazily.
+
+    Each check keeps its own name, asset, blocking flag and description; a run selecting only
+    some of them evaluates only those. A failed blocking check fails the whole step, so only
+    checks whose blocking stops the same downstream assets belong in one step.
+    """
+
+    def step(
+        context: AssetCheckExecutionContext, **tables: pl.LazyFrame
+    ) -> Iterator[AssetCheckResult]:
+        selected = context.selected_asset_check_keys
+        for check in checks:
+            if check.spec.key in selected:
+                result = check.evaluate(context, tables)
+                yield AssetCheckResult(
+                    asset_key=check.spec.asset_key,
+                    check_name=check.spec.name,
+                    passed=result.passed,
+                    severity=result.severity,
+                    metadata=result.metadata,
+                    description=result.description,
+                )
+
+    # The inputs are named parameters annotated LazyFrame, so the IO manager scans the tables
+    # instead of reading them whole: Dagster reads a function's inputs and their types from its
+    # `__signature__`, and an AssetIn cannot carry the type of an asset the checks also target.
+    step.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            *(
+                inspect.Parameter(
+                    input_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=pl.LazyFrame
+                )
+                for input_name in ins
+            ),
+        ],
+        return_annotation=Iterator[AssetCheckResult],
+    )
+    return multi_asset_check(
+        name=name,
+        specs=[check.spec for check in checks],
+        ins={input_name: AssetIn(key=key) for input_name, key in ins.items()},
+        can_subset=True,
+        required_resource_keys=set(required_resource_keys),
+        description=description,
+    )(step)

@@ -6,6 +6,7 @@ Two views, both declared in `rules.py`:
   every FRESHNESS_CHECK_CRON through the lake's automation sensor, so a stuck refresh shows
   without anyone running anything; that cron is their automation condition, so the automatic
   refreshes leave them out, while `make run` and the `refresh_lake`/`lake_checks` jobs run them.
+  They all run in one step (`freshness_checks`): each is a lookup in the event log.
 - a Dagster `FreshnessPolicy.time_window` on every silver and gold asset (`with_freshness_policy`),
   the UI's freshness state: time since the last materialization, whatever the upstream did. The
   Dagster daemon's freshness evaluator (in `dagster dev`, every 30 s) records that state; nothing
@@ -21,18 +22,18 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     AssetsDefinition,
     AutomationCondition,
     FreshnessPolicy,
     apply_freshness_policy,
-    asset_check,
     map_asset_specs,
 )
 
 from deathmetal_lake.assets.gold import gold_assets
 from deathmetal_lake.assets.silver import silver_assets
-from deathmetal_lake.checks.evidence import check_result
+from deathmetal_lake.checks.evidence import PlannedCheck, check_result, checks_step
 from deathmetal_lake.rules import (
     FOLLOW_UPSTREAM_WITHIN_MINUTES,
     FRESHNESS_CHECK_CRON,
@@ -84,40 +85,56 @@ def evaluate_follows_upstream(
     )
 
 
-def _latest_timestamp(context: AssetCheckExecutionContext, key: AssetKey) -> float | None:
-    event = context.instance.get_latest_materialization_event(key)
-    return None if event is None else event.timestamp
+def _latest_timestamps(
+    context: AssetCheckExecutionContext, keys: Sequence[AssetKey]
+) -> dict[AssetKey, float | None]:
+    """When each asset last materialized: one event-log query for all of them, not one each."""
+    events = context.instance.get_latest_materialization_events(keys)
+    return {key: None if events.get(key) is None else events[key].timestamp for key in keys}
 
 
-def _follows_upstream_check(key: AssetKey, upstream: Sequence[AssetKey]) -> AssetChecksDefinition:
-    @asset_check(
-        asset=key,
-        name=FOLLOWS_UPSTREAM,
-        additional_deps=list(upstream),
-        automation_condition=AutomationCondition.cron_tick_passed(FRESHNESS_CHECK_CRON),
-        description=(
-            f"WARN when {', '.join(k.to_user_string() for k in upstream)} materialized after "
-            f"this table and it has not followed within {FOLLOW_UPSTREAM_WITHIN_MINUTES} min."
-        ),
-    )
-    def follows_upstream(context: AssetCheckExecutionContext) -> AssetCheckResult:
+def _follows_upstream_check(key: AssetKey, upstream: Sequence[AssetKey]) -> PlannedCheck:
+    def evaluate(
+        context: AssetCheckExecutionContext, _: Mapping[str, pl.LazyFrame]
+    ) -> AssetCheckResult:
+        updated_at = _latest_timestamps(context, [key, *upstream])
         return evaluate_follows_upstream(
-            _latest_timestamp(context, key),
-            {k.to_user_string(): _latest_timestamp(context, k) for k in upstream},
+            updated_at[key],
+            {k.to_user_string(): updated_at[k] for k in upstream},
             now=datetime.now(UTC).timestamp(),
         )
 
-    return follows_upstream
+    return PlannedCheck(
+        AssetCheckSpec(
+            FOLLOWS_UPSTREAM,
+            asset=key,
+            additional_deps=list(upstream),
+            automation_condition=AutomationCondition.cron_tick_passed(FRESHNESS_CHECK_CRON),
+            description=(
+                f"WARN when {', '.join(k.to_user_string() for k in upstream)} materialized after "
+                f"this table and it has not followed within {FOLLOW_UPSTREAM_WITHIN_MINUTES} min."
+            ),
+        ),
+        evaluate,
+    )
 
 
 def freshness_checks(
     assets: Sequence[AssetsDefinition] = (*silver_assets, *gold_assets),
 ) -> list[AssetChecksDefinition]:
+    """Every `follows_upstream` check in one step: each reads only the instance's event log."""
     return [
-        _follows_upstream_check(key, sorted(deps, key=AssetKey.to_user_string))
-        for asset in assets
-        for key, deps in asset.asset_deps.items()
-        if deps
+        checks_step(
+            "freshness_checks",
+            [
+                _follows_upstream_check(key, sorted(deps, key=AssetKey.to_user_string))
+                for asset in assets
+                for key, deps in asset.asset_deps.items()
+                if deps
+            ],
+            ins={},
+            description="Silver and gold follow their upstream assets.",
+        )
     ]
 
 

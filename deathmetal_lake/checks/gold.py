@@ -4,19 +4,32 @@
 - `top10_by_country` has at most TOP_PER_COUNTRY bands per country;
 - score averages (`GOLD_SCORE_COLUMNS`) are within the score range 0..100;
 - `album_rankings` is ordered: rank 1..n, weighted score never increasing with rank.
+
+The evaluations stream (lazy aggregations, a sorted sample of the failing rows). The checks share
+steps: one per mart that feeds another mart, one for all the others (`gold_checks`).
 """
+
+from collections.abc import Callable, Mapping, Sequence
 
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
+    AssetCheckSpec,
     AssetKey,
-    asset_check,
 )
 
 from deathmetal_lake.assets.gold import gold_assets, gold_key
-from deathmetal_lake.checks.evidence import check_result, parquet_rows
+from deathmetal_lake.checks.evidence import (
+    SAMPLE_ROWS,
+    Evaluation,
+    PlannedCheck,
+    check_result,
+    checks_step,
+    collect_streaming,
+    parquet_rows,
+)
 from deathmetal_lake.rules import GOLD_MAY_BE_EMPTY, GOLD_SCORE_COLUMNS, RULES
 from deathmetal_lake.transforms.gold import TOP_PER_COUNTRY
 
@@ -28,9 +41,14 @@ RANKS_ORDERED = "ranks_ordered"
 _SCORE = RULES["reviews"].score_columns[0]
 
 
+def _sortable(table: pl.LazyFrame) -> list[str]:
+    """The columns a sample can be sorted by (not lists): a deterministic order for any mart."""
+    return [c for c, dtype in table.collect_schema().items() if not dtype.is_nested()]
+
+
 def evaluate_not_empty(table: pl.LazyFrame, input_rows: dict[str, int]) -> AssetCheckResult:
     """`input_rows`: input table -> its row count."""
-    rows = table.select(pl.len()).collect().item()
+    rows = table.select(pl.len()).collect(engine="streaming").item()
     failed = rows == 0 and all(input_rows.values())
     return check_result(
         passed=not failed,
@@ -43,14 +61,16 @@ def evaluate_not_empty(table: pl.LazyFrame, input_rows: dict[str, int]) -> Asset
 
 
 def evaluate_top_per_country(table: pl.LazyFrame) -> AssetCheckResult:
-    counts = table.group_by("country").agg(pl.len().alias("bands")).collect()
-    over = counts.filter(pl.col("bands") > TOP_PER_COUNTRY).sort("bands", descending=True)
-    failing = (
-        table.collect()
-        .join(over.select("country"), on="country")
-        .filter(pl.col("rank") > TOP_PER_COUNTRY)
-        .sort("country", "rank")
-    )
+    (counts,) = collect_streaming(table.group_by("country").agg(pl.len().alias("bands")))
+    over = counts.filter(pl.col("bands") > TOP_PER_COUNTRY)
+    failing = None
+    if over.height:
+        (failing,) = collect_streaming(
+            table.join(over.lazy().select("country"), on="country", how="semi")
+            .filter(pl.col("rank") > TOP_PER_COUNTRY)
+            .sort(_sortable(table))
+            .head(SAMPLE_ROWS)
+        )
     return check_result(
         passed=over.is_empty(),
         counts={
@@ -64,41 +84,62 @@ def evaluate_top_per_country(table: pl.LazyFrame) -> AssetCheckResult:
 
 
 def evaluate_scores_in_range(table: pl.LazyFrame, columns: tuple[str, ...]) -> AssetCheckResult:
-    rows = table.collect()
     outside = {
-        c: rows.filter(
-            ~pl.col(c).is_between(_SCORE.minimum, _SCORE.maximum).fill_null(True)
-            & pl.col(c).is_not_null()
-        )
+        c: pl.col(c).is_not_null() & ~pl.col(c).is_between(_SCORE.minimum, _SCORE.maximum)
         for c in columns
     }
-    failing = pl.concat(
-        [
-            f.with_columns(pl.lit(c).alias("column")).select("column", pl.all().exclude("column"))
-            for c, f in outside.items()
-        ],
-        how="diagonal_relaxed",
+    (size,) = collect_streaming(
+        table.select(pl.len().alias("rows"), *(e.sum().alias(c) for c, e in outside.items()))
+    )
+    rows, *counts = size.row(0)
+    out_of_range = dict(zip(columns, counts, strict=True))
+    samples = collect_streaming(
+        *(
+            table.filter(outside[c])
+            .sort(list(dict.fromkeys([c, *_sortable(table)])))
+            .head(SAMPLE_ROWS)
+            .select(pl.lit(c).alias("column"), pl.all())
+            for c, n in out_of_range.items()
+            if n
+        )
     )
     return check_result(
-        passed=failing.is_empty(),
-        counts={"rows": rows.height, **{f"out_of_range_{c}": f.height for c, f in outside.items()}},
+        passed=not any(counts),
+        counts={"rows": rows, **{f"out_of_range_{c}": n for c, n in out_of_range.items()}},
         thresholds={"score_range": f"{_SCORE.minimum:g}..{_SCORE.maximum:g}"},
-        failing=failing,
+        failing=pl.concat([pl.DataFrame(), *samples], how="diagonal_relaxed"),
     )
 
 
 def evaluate_rankings_ordered(table: pl.LazyFrame) -> AssetCheckResult:
-    rows = table.collect().with_row_index("position", offset=1)
-    wrong = rows.filter(
-        (pl.col("rank") != pl.col("position").cast(pl.Int64))
-        | (pl.col("weighted_score") > pl.col("weighted_score").shift(1))
+    """Row order is the point here: the mart is written sorted and read back in file order."""
+    positioned = table.with_row_index("position", offset=1)
+    wrong = (pl.col("rank") != pl.col("position").cast(pl.Int64)) | (
+        pl.col("weighted_score") > pl.col("weighted_score").shift(1)
     )
+    flagged = positioned.select("position", wrong.fill_null(False).alias("wrong"))
+    size, first = collect_streaming(
+        flagged.select(pl.len().alias("rows"), pl.col("wrong").sum()),
+        flagged.filter("wrong").select("position").sort("position").head(SAMPLE_ROWS),
+    )
+    rows, out_of_order = size.row(0)
+    failing = None
+    if out_of_order:
+        (failing,) = collect_streaming(
+            positioned.filter(pl.col("position").is_in(first["position"].implode())).sort(
+                "position"
+            )
+        )
     return check_result(
-        passed=wrong.is_empty(),
-        counts={"rows": rows.height, "out_of_order_rows": wrong.height},
+        passed=not out_of_order,
+        counts={"rows": rows, "out_of_order_rows": out_of_order},
         thresholds={"order": "rank = row position 1..n; weighted_score non-increasing"},
-        failing=wrong.select("position", pl.all().exclude("position")),
+        failing=failing,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Definitions
 
 
 def _inputs(table: str) -> dict[str, AssetKey]:
@@ -106,67 +147,103 @@ def _inputs(table: str) -> dict[str, AssetKey]:
     return dict(asset.keys_by_input_name)
 
 
-def _not_empty_check(table: str) -> AssetChecksDefinition:
+def _spec(
+    table: str, name: str, description: str, additional_deps: Sequence[AssetKey] = ()
+) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        name,
+        asset=gold_key(table),
+        blocking=True,
+        description=description,
+        additional_deps=additional_deps,
+    )
+
+
+def _on_table(table: str, evaluate: Callable[[pl.LazyFrame], AssetCheckResult]) -> Evaluation:
+    return lambda _, tables: evaluate(tables[table])
+
+
+def _not_empty(table: str) -> PlannedCheck:
     inputs = _inputs(table)
 
-    @asset_check(
-        asset=gold_key(table),
-        name=NOT_EMPTY,
-        blocking=True,
-        additional_deps=list(inputs.values()),
-        required_resource_keys={"io_manager"},
-        description=f"Not empty when its inputs ({', '.join(inputs)}) are not.",
-    )
-    def not_empty(
-        context: AssetCheckExecutionContext, gold_table: pl.LazyFrame
+    def evaluate(
+        context: AssetCheckExecutionContext, tables: Mapping[str, pl.LazyFrame]
     ) -> AssetCheckResult:
         io_manager = context.resources.io_manager
         input_rows = {
             name: parquet_rows(io_manager, "/".join(key.path)) or 0 for name, key in inputs.items()
         }
-        return evaluate_not_empty(gold_table, input_rows)
+        return evaluate_not_empty(tables[table], input_rows)
 
-    return not_empty
-
-
-def _score_check(table: str, columns: tuple[str, ...]) -> AssetChecksDefinition:
-    @asset_check(
-        asset=gold_key(table),
-        name=SCORES_IN_RANGE,
-        blocking=True,
-        description=f"{', '.join(columns)} within the score range 0..100.",
+    return PlannedCheck(
+        _spec(
+            table,
+            NOT_EMPTY,
+            f"Not empty when its inputs ({', '.join(inputs)}) are not.",
+            additional_deps=list(inputs.values()),
+        ),
+        evaluate,
     )
-    def scores_in_range(gold_table: pl.LazyFrame) -> AssetCheckResult:
-        return evaluate_scores_in_range(gold_table, columns)
-
-    return scores_in_range
 
 
-@asset_check(
-    asset=gold_key("top10_by_country"),
-    name=AT_MOST_TOP_PER_COUNTRY,
-    blocking=True,
-    description=f"At most {TOP_PER_COUNTRY} bands per country.",
-)
-def top_per_country_check(top10_by_country: pl.LazyFrame) -> AssetCheckResult:
-    return evaluate_top_per_country(top10_by_country)
+def planned_gold_checks(table: str) -> list[PlannedCheck]:
+    """A mart's sanity checks, from `rules.py` and the mart's name."""
+    checks = [] if table in GOLD_MAY_BE_EMPTY else [_not_empty(table)]
+    if table in GOLD_SCORE_COLUMNS:
+        columns = GOLD_SCORE_COLUMNS[table]
+        checks.append(
+            PlannedCheck(
+                _spec(
+                    table, SCORES_IN_RANGE, f"{', '.join(columns)} within the score range 0..100."
+                ),
+                _on_table(table, lambda frame: evaluate_scores_in_range(frame, columns)),
+            )
+        )
+    if table == "top10_by_country":
+        checks.append(
+            PlannedCheck(
+                _spec(
+                    table, AT_MOST_TOP_PER_COUNTRY, f"At most {TOP_PER_COUNTRY} bands per country."
+                ),
+                _on_table(table, evaluate_top_per_country),
+            )
+        )
+    if table == "album_rankings":
+        checks.append(
+            PlannedCheck(
+                _spec(
+                    table,
+                    RANKS_ORDERED,
+                    "rank is 1..n in row order and weighted_score never increases with it.",
+                ),
+                _on_table(table, evaluate_rankings_ordered),
+            )
+        )
+    return checks
 
 
-@asset_check(
-    asset=gold_key("album_rankings"),
-    name=RANKS_ORDERED,
-    blocking=True,
-    description="rank is 1..n in row order and weighted_score never increases with it.",
-)
-def rankings_ordered_check(album_rankings: pl.LazyFrame) -> AssetCheckResult:
-    return evaluate_rankings_ordered(album_rankings)
+def _step(name: str, tables: list[str]) -> AssetChecksDefinition:
+    return checks_step(
+        name,
+        [check for table in tables for check in planned_gold_checks(table)],
+        ins={table: gold_key(table) for table in tables},
+        description=f"Sanity of gold: {', '.join(tables)}.",
+        required_resource_keys=frozenset({"io_manager"}),
+    )
 
 
 def gold_checks() -> list[AssetChecksDefinition]:
+    """A step for each mart another mart reads, one for all the others.
+
+    A failed blocking check fails its step and so stops everything that waits for any check of
+    that step: a mart read by another mart has a step of its own, so its failure stops exactly
+    its readers and another mart's failure does not stop them.
+    """
     tables = [a.key.path[-1] for a in gold_assets]
+    marts = {a.key for a in gold_assets}
+    read_by_gold = {key.path[-1] for t in tables for key in _inputs(t).values() if key in marts}
+    checked = [t for t in tables if planned_gold_checks(t)]
     return [
-        *(_not_empty_check(t) for t in tables if t not in GOLD_MAY_BE_EMPTY),
-        *(_score_check(t, cols) for t, cols in GOLD_SCORE_COLUMNS.items()),
-        top_per_country_check,
-        rankings_ordered_check,
+        *(_step(f"gold_{t}_checks", [t]) for t in checked if t in read_by_gold),
+        _step("gold_checks", [t for t in checked if t not in read_by_gold]),
     ]
