@@ -104,12 +104,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
         # The rejected rows are few; deciding them first lets both outputs stream into Parquet.
         rejected = plan.rejected.collect(engine="streaming")
         result = plan.split(rejected.lazy())
-        bronze_rows = (
-            transforms.latest_bronze(dataset.name, bronze, order, source_files=source_files)
-            .select(pl.len())
-            .collect(engine="streaming")
-            .item()
-        )
+        bronze_rows = plan.rows.select(pl.len()).collect(engine="streaming").item()
         reasons = rejected.group_by(transforms.REJECT_REASON_COLUMN).len()
         ingests = sorted({source_files[key] for key in order})
         yield Output(

@@ -40,15 +40,10 @@ _HELPERS = "^__.*$"
 
 
 class SilverResult(NamedTuple):
-    """A silver base table and the rows rejected on the way (every bronze column + reason).
-
-    `rejected` is the small frame both are cut by: (`__row`, `_reject_reason`) per rejected row.
-    Collect it once and pass it to `SilverPlan.split` to avoid computing it per output.
-    """
+    """A silver base table and the rows rejected on the way (every bronze column + reason)."""
 
     table: pl.LazyFrame
     quarantine: pl.LazyFrame
-    rejected: pl.LazyFrame
 
 
 class SilverPlan(NamedTuple):
@@ -72,7 +67,7 @@ class SilverPlan(NamedTuple):
             *(expr.alias(name) for name, expr in self.columns.items()), *PROVENANCE_COLUMNS
         )
         quarantine = self.rows.join(rejected, on=_ROW, how="inner").select(pl.exclude(_HELPERS))
-        return SilverResult(table, quarantine, rejected)
+        return SilverResult(table, quarantine)
 
 
 def bronze_schema(dataset: str) -> pl.Schema:
