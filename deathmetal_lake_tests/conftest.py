@@ -19,6 +19,15 @@ from deathmetal_lake.settings import AwsMode, LakeSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CSV_DIR = REPO_ROOT / "csv"
+# The gold marts the lake must have, spelled out here rather than read from the code under test.
+GOLD_TABLES = (
+    "band_avg_scores",
+    "top10_by_country",
+    "brazilian_bands",
+    "band_album_counts",
+    "album_rankings",
+    "genre_by_decade",
+)
 
 
 def isolate_env(env: pytest.MonkeyPatch, root: Path) -> None:

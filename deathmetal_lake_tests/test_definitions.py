@@ -20,20 +20,12 @@ from dagster import (
 from deathmetal_lake.datasets import DATASETS
 from deathmetal_lake.definitions import defs
 from deathmetal_lake.local_aws import stop
-from deathmetal_lake_tests.conftest import REPO_ROOT, free_port, make_settings
+from deathmetal_lake_tests.conftest import GOLD_TABLES, REPO_ROOT, free_port, make_settings
 
 VENV_BIN = Path(sys.executable).parent
 DATASET_NAMES = ("albums", "bands", "reviews")
 BASE_TABLES = DATASET_NAMES
 JOINS = ("music_catalog", "album_reviews")
-GOLD_TABLES = (
-    "band_avg_scores",
-    "top10_by_country",
-    "brazilian_bands",
-    "band_album_counts",
-    "album_rankings",
-    "genre_by_decade",
-)
 
 EXPECTED_GROUPS: dict[AssetKey, str] = {
     **{AssetKey(["landing", d]): "landing" for d in DATASET_NAMES},

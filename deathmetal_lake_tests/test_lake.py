@@ -36,7 +36,7 @@ from pyarrow.fs import S3FileSystem
 from deathmetal_lake.run import run_lake
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.transforms.gold import DEFAULT_PRIOR_WEIGHT
-from deathmetal_lake_tests.conftest import aws_client, sample_lake_built
+from deathmetal_lake_tests.conftest import GOLD_TABLES, aws_client, sample_lake_built
 
 DATASETS = ("albums", "bands", "reviews")
 COLUMNS = {
@@ -46,14 +46,6 @@ COLUMNS = {
 }
 PROVENANCE = ("_source_file", "_source_row", "_ingest_id")
 SILVER_TABLES = ("albums", "bands", "reviews", "music_catalog", "album_reviews")
-GOLD_TABLES = (
-    "band_avg_scores",
-    "top10_by_country",
-    "brazilian_bands",
-    "band_album_counts",
-    "album_rankings",
-    "genre_by_decade",
-)
 BRAZIL = "Brazil"
 TOP_PER_COUNTRY = 10
 
