@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-PROVENANCE_COLUMNS = ("_source_file", "_source_row", "_ingest_id")
-
 
 @dataclass(frozen=True)
 class BufferingHints:

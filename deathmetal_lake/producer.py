@@ -36,8 +36,9 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypedDict
 
-from deathmetal_lake.datasets import PROVENANCE_COLUMNS, Dataset
+from deathmetal_lake.datasets import Dataset
 from deathmetal_lake.encoding import LineBatch, RecordBlocks, encode_plain, plain_records
+from deathmetal_lake.rows import PROVENANCE_COLUMNS
 
 _log = logging.getLogger(__name__)
 

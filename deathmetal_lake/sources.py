@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deathmetal_lake.datasets import Dataset, dataset_for_file
+from deathmetal_lake.rows import IngestKey
 
 RAW_PREFIX = "raw/"
-HASH_LENGTH = 12
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -85,7 +85,7 @@ def content_hash(source: SourceFile) -> str:
 
 def ingest_key(file_name: str, sha256_hex: str) -> str:
     """The partition key and `_ingest_id` of a file version, e.g. `reviews_2026-11-3fa9c2d1e0b4`."""
-    return f"{Path(file_name).stem}-{sha256_hex[:HASH_LENGTH]}"
+    return str(IngestKey.of(file_name, sha256_hex))
 
 
 class SourceNotFoundError(LookupError):
@@ -94,7 +94,7 @@ class SourceNotFoundError(LookupError):
 
 def locate(partition_key: str, candidates: list[SourceFile]) -> tuple[SourceFile, str]:
     """The candidate whose name and content match the key, and its sha256 (local files first)."""
-    stem = partition_key[: -(HASH_LENGTH + 1)]
+    stem = IngestKey.parse(partition_key).stem
     named = [c for c in candidates if Path(c.name).stem == stem]
     for candidate in named:
         digest = content_hash(candidate)

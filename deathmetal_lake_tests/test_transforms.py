@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from deathmetal_lake.datasets import DATASETS_BY_NAME, PROVENANCE_COLUMNS
+from deathmetal_lake.datasets import DATASETS_BY_NAME
+from deathmetal_lake.rows import PROVENANCE_COLUMNS
 from deathmetal_lake.rules import RULES, RejectReason
 from deathmetal_lake.transforms import COLUMN_LINEAGE, gold, silver
 

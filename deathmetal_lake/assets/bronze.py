@@ -21,9 +21,10 @@ from dagster import (
 )
 
 from deathmetal_lake.assets.landing import DELIVERED_OBJECTS, SOURCE_COLUMNS, landing_key
-from deathmetal_lake.datasets import DATASETS, PROVENANCE_COLUMNS, Dataset
+from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource
+from deathmetal_lake.rows import PROVENANCE_COLUMNS
 from deathmetal_lake.transforms.silver import bronze_schema
 
 GROUP = "bronze"

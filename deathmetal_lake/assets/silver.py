@@ -27,6 +27,7 @@ from deathmetal_lake.assets.lineage import column_lineage
 from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
+from deathmetal_lake.rows import IngestKey
 from deathmetal_lake.transforms import silver as transforms
 
 GROUP = "silver"
@@ -42,8 +43,7 @@ def quarantine_key(dataset: Dataset) -> AssetKey:
 
 
 def _source_file(ingest_id: str) -> str:
-    """The file an ingest came from: its key is `{file stem}-{hash}`."""
-    return f"{ingest_id.rsplit('-', 1)[0]}.csv"
+    return IngestKey.parse(ingest_id).source_file
 
 
 def build_silver_asset(dataset: Dataset) -> AssetsDefinition:

@@ -27,7 +27,7 @@ from dagster import (
 )
 from upath import UPath
 
-from deathmetal_lake.datasets import PROVENANCE_COLUMNS
+from deathmetal_lake.rows import PROVENANCE_COLUMNS
 
 SAMPLE_ROWS = 10
 _MAX_CELL = 80

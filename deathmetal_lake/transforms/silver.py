@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import polars as pl
 
-from deathmetal_lake.datasets import DATASETS_BY_NAME, PROVENANCE_COLUMNS
+from deathmetal_lake.datasets import DATASETS_BY_NAME
+from deathmetal_lake.rows import PROVENANCE_COLUMNS
 from deathmetal_lake.rules import (
     FIELD_SEPARATOR,
     MAX_YEAR_AHEAD,
