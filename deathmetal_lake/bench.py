@@ -280,7 +280,7 @@ def embedded_aws(settings: LakeSettings) -> Iterator[tuple[float, int]]:
             print(f"could not stop the embedded AWS cleanly: {error}", file=sys.stderr)
         finally:
             if sys.platform.startswith("linux"):
-                _kill_orphan_emulator(settings.state_dir)
+                _kill_orphan_emulator(settings.state_path)
 
 
 def _write_instance_config(instance_dir: Path) -> None:

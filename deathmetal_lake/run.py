@@ -2,8 +2,9 @@
 
 Headless, but recorded in the Dagster instance that `make dev` uses, so the runs, partitions and
 materializations show in the UI. Files are planned as the CSV sensor plans them (minus its wait
-for a file to stop changing); a file whose content was already ingested adds nothing, and silver
-and gold are rebuilt only when something new arrived or they were never built.
+for a file to settle): a new file version is ingested (landing, bronze, staging), a version seen
+before that is not its file's current one any more (v1 -> v2 -> v1) is staged again, and silver
+and gold are refreshed once when something changed or they were never built.
 """
 
 from __future__ import annotations
@@ -11,30 +12,62 @@ from __future__ import annotations
 import logging
 import sys
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
+from deathmetal_lake.assets.staging import staging_key, staging_order
 from deathmetal_lake.datasets import DATASETS_BY_NAME
-from deathmetal_lake.definitions import defs
+from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.partitions import INGEST_PARTITIONS
-from deathmetal_lake.resources import build_resources
+from deathmetal_lake.rows import IngestKey
 from deathmetal_lake.sensors import Cursor, plan_ingests
 from deathmetal_lake.settings import LakeSettings, load_settings
 from deathmetal_lake.sources import local_sources
+from deathmetal_lake.transforms.merge import current_ingests
 
 log = logging.getLogger("deathmetal_lake.run")
+TAGS = {"lake/launched_by": "make run"}
 
 
-def _downstream_keys() -> list[AssetKey]:
-    graph = defs.resolve_asset_graph()
-    return sorted(AssetSelection.groups("silver", "gold").resolve(graph))
+def _source_file(ingest_id: str) -> str:
+    return IngestKey.parse(ingest_id).source_file
+
+
+def _ingest_runs(
+    settings: LakeSettings, instance: DagsterInstance, current: dict[str, set[str]]
+) -> list[tuple[str, list[AssetKey]]]:
+    """(ingest, assets to materialize) for every file version here that silver does not use yet."""
+    runs = []
+    for name, partitions in INGEST_PARTITIONS.items():
+        dataset = DATASETS_BY_NAME[name]
+        landed = instance.get_materialized_partitions(bronze_key(dataset))
+        staged = set(current_ingests(staging_order(instance, dataset), _source_file))
+        files_now = current.get(name, set())
+        for key in instance.get_dynamic_partitions(partitions.name):
+            if key not in files_now:
+                if key not in landed:
+                    # A failed ingest whose file has changed or gone: its content cannot be read
+                    # again, and the file's current version has its own key.
+                    log.warning(
+                        "skipping ingest %s: it never completed and no file in %s has its content",
+                        key,
+                        settings.csv_path,
+                    )
+                continue
+            if key not in landed:
+                runs.append(
+                    (key, [landing_key(dataset), bronze_key(dataset), staging_key(dataset)])
+                )
+            elif key not in staged:
+                runs.append((key, [staging_key(dataset)]))
+    return runs
 
 
 def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
     """Ingest what is new, then refresh silver and gold; True if every run succeeded."""
-    sources = local_sources(settings.csv_dir)
-    # Every file counts as stable: a headless run does not wait for a second look.
+    sources = local_sources(settings.csv_path)
+    # Every file counts as settled: a headless run does not wait for a second look.
     cursor = Cursor(pending={source.location: source.fingerprint for source in sources})
 
     def partition_exists(dataset: str, key: str) -> bool:
@@ -44,57 +77,45 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
     for dataset, keys in plan.new_partitions.items():
         instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
 
+    defs = build_definitions(settings)
     # The checks run with the assets they guard: a blocking failure stops what is downstream.
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
-    # From the settings given, not `defs.resources` (built from the environment at import), so
-    # a caller with other settings (a test's emulator and folder) gets its own lake.
-    resources = build_resources(settings)
-    pending = []
-    for dataset_name, partitions in INGEST_PARTITIONS.items():
-        dataset = DATASETS_BY_NAME[dataset_name]
-        done = instance.get_materialized_partitions(bronze_key(dataset))
-        current = plan.current.get(dataset_name, set())
-        for key in instance.get_dynamic_partitions(partitions.name):
-            if key in done:
-                continue
-            if key in current:
-                pending.append((dataset, key))
-            else:
-                # An ingest that failed before and whose file has since changed or gone: its
-                # content cannot be read again, and the file's current version has its own key.
-                log.warning(
-                    "skipping ingest %s: it never completed and no file in %s has its content",
-                    key,
-                    settings.csv_dir,
-                )
+    resources = defs.resources
     ok = True
-    for dataset, key in pending:
-        log.info("ingesting %s partition %s", dataset.name, key)
+    changed = False
+    for key, selection in _ingest_runs(settings, instance, plan.current):
+        log.info("%s: materializing %s", key, ", ".join(k.to_user_string() for k in selection))
         result = materialize(
             assets,
-            selection=[landing_key(dataset), bronze_key(dataset)],
+            selection=selection,
             partition_key=key,
             instance=instance,
             resources=resources,
-            tags={"lake/launched_by": "make run"},
+            tags=TAGS,
             raise_on_error=False,
         )
         ok &= result.success
-    downstream = _downstream_keys()
+        changed = True
+    downstream = _downstream_keys(defs)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in downstream)
-    if downstream and (pending or never_built):
+    if changed or never_built:
         result = materialize(
             assets,
             selection=downstream,
             instance=instance,
             resources=resources,
-            tags={"lake/launched_by": "make run"},
+            tags=TAGS,
             raise_on_error=False,
         )
         ok &= result.success
-    elif not pending:
-        log.info("nothing new in %s; silver and gold are up to date", settings.csv_dir)
+    else:
+        log.info("nothing new in %s; silver and gold are up to date", settings.csv_path)
     return ok
+
+
+def _downstream_keys(defs: Definitions) -> list[AssetKey]:
+    graph = defs.resolve_asset_graph()
+    return sorted(AssetSelection.groups("silver", "gold").resolve(graph))
 
 
 def main() -> int:

@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import Logger
-from pathlib import Path
 
 from dagster import (
     DefaultSensorStatus,
@@ -27,6 +26,7 @@ from dagster import (
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
+from deathmetal_lake.assets.staging import staging_key
 from deathmetal_lake.datasets import DATASETS
 from deathmetal_lake.partitions import INGEST_PARTITIONS
 from deathmetal_lake.resources import LakeResource, LakeS3Resource
@@ -35,7 +35,7 @@ from deathmetal_lake.sources import SourceFile, content_hash, ingest_key, local_
 KNOWN_NAMES = ", ".join(f"{d.name}.csv or {d.name}_<anything>.csv" for d in DATASETS)
 # What the sensors' runs materialize. Dagster refuses a sensor's run requests unless the sensor
 # declares a target, and it resolves each request's asset subset against this selection.
-INGEST_ASSETS = [key for d in DATASETS for key in (landing_key(d), bronze_key(d))]
+INGEST_ASSETS = [key for d in DATASETS for key in (landing_key(d), bronze_key(d), staging_key(d))]
 
 
 @dataclass
@@ -97,7 +97,7 @@ def plan_ingests(
             RunRequest(
                 run_key=key,
                 partition_key=key,
-                asset_selection=[landing_key(dataset), bronze_key(dataset)],
+                asset_selection=[landing_key(dataset), bronze_key(dataset), staging_key(dataset)],
                 tags={"lake/source": source.location, "lake/dataset": dataset.name},
             )
         )
@@ -129,7 +129,7 @@ def _evaluate(context: SensorEvaluationContext, sources: list[SourceFile]) -> Se
 )
 def csv_dir_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
     """Ingests new or changed `{dataset}.csv` / `{dataset}_*.csv` files in LAKE_CSV_DIR."""
-    return _evaluate(context, local_sources(Path(lake.csv_dir)))
+    return _evaluate(context, local_sources(lake.settings.csv_path))
 
 
 @sensor(
@@ -141,4 +141,4 @@ def s3_raw_sensor(
     context: SensorEvaluationContext, lake: LakeResource, s3: LakeS3Resource
 ) -> SensorResult:
     """Ingests new or changed CSVs uploaded to `raw/` in the lake's bucket."""
-    return _evaluate(context, s3_sources(s3.get_client(), lake.bucket))
+    return _evaluate(context, s3_sources(s3.get_client(), lake.settings.bucket))

@@ -1,16 +1,20 @@
 """The lake's settings: the only place that reads the environment.
 
-Every value comes from an environment variable (see the README's settings table); resources,
-the embedded AWS and the command-line entry points receive a `LakeSettings` instead of reading
-`os.environ` themselves.
+`LakeSettings` is a Dagster `Config`, so the `lake` resource carries it whole (the UI shows it
+as the resource's configuration) and every entry point (`dagster dev`, `make run`, the checks
+runner, the tests) builds the same definitions from its own settings. `load_settings()` reads
+them from `LAKE_*` and the standard AWS variables (see the README's settings table).
 """
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field
+from dagster import Config
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
@@ -24,26 +28,38 @@ class AwsMode(StrEnum):
     AWS = "aws"
 
 
-class LakeSettings(BaseSettings):
-    """Settings of one lake, read from `LAKE_*` and the standard AWS variables."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="LAKE_", frozen=True, extra="ignore", populate_by_name=True
-    )
+class LakeSettings(Config):
+    """Where one lake lives and how it talks to AWS. Paths are text so Dagster can show them."""
 
     aws_mode: AwsMode = AwsMode.EMBEDDED
-    endpoint_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL")
-    )
-    region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_DEFAULT_REGION"))
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
     embedded_port: int = Field(default=4566, ge=1, le=65535)
-    state_dir: Path = Path(".lake")
+    state_dir: str = ".lake"
     bucket: str = "csv-batch-bucket"
-    csv_dir: Path = Path("csv")
-    dagster_home: Path | None = Field(default=None, validation_alias=AliasChoices("DAGSTER_HOME"))
+    csv_dir: str = "csv"
+    dagster_home: str | None = None
     landing_timeout_seconds: float = Field(default=300.0, gt=0)
     put_records_max_attempts: int = Field(default=10, ge=1)
     embedded_buffer_seconds: int = Field(default=0, ge=0, le=900)
+
+    @field_validator("state_dir", "csv_dir", "dagster_home", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def csv_path(self) -> Path:
+        return Path(self.csv_dir)
+
+    @property
+    def instance_dir(self) -> Path:
+        """Dagster's home: shared by `make dev` and `make run`, kept beside the emulator state."""
+        return Path(self.dagster_home or self.state_path / "dagster").resolve()
 
     @property
     def aws_endpoint(self) -> str | None:
@@ -61,15 +77,6 @@ class LakeSettings(BaseSettings):
         """Fixed credentials for emulators; empty (boto3's credential chain) for real AWS."""
         return {} if self.aws_mode is AwsMode.AWS else dict(EMULATOR_CREDENTIALS)
 
-    @property
-    def uses_embedded_aws(self) -> bool:
-        return self.aws_mode is AwsMode.EMBEDDED
-
-    @property
-    def instance_dir(self) -> Path:
-        """Dagster's home: shared by `make dev` and `make run`, kept beside the emulator state."""
-        return (self.dagster_home or self.state_dir / "dagster").resolve()
-
     def boto3_client_kwargs(self) -> dict[str, str]:
         """Keyword arguments for `boto3.client(service, **kwargs)`."""
         kwargs = {"region_name": self.region, **self.aws_credentials}
@@ -78,5 +85,18 @@ class LakeSettings(BaseSettings):
         return kwargs
 
 
+class _EnvironmentSettings(BaseSettings, LakeSettings):
+    """`LakeSettings` read from the environment: `LAKE_*` plus three standard variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LAKE_", extra="ignore", populate_by_name=True)
+
+    endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL")
+    )
+    region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_DEFAULT_REGION"))
+    dagster_home: str | None = Field(default=None, validation_alias=AliasChoices("DAGSTER_HOME"))
+
+
 def load_settings() -> LakeSettings:
-    return LakeSettings()
+    """The settings of the environment this process runs in."""
+    return LakeSettings(**_EnvironmentSettings().model_dump())

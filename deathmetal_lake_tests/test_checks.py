@@ -817,9 +817,9 @@ def test_ingest_checks_from_the_command_line(
 ) -> None:
     settings, instance = sample_lake.settings, sample_lake.instance
     env = {
-        "LAKE_STATE_DIR": str(settings.state_dir),
+        "LAKE_STATE_DIR": str(settings.state_path),
         "LAKE_EMBEDDED_PORT": str(settings.embedded_port),
-        "LAKE_CSV_DIR": str(settings.csv_dir),
+        "LAKE_CSV_DIR": str(settings.csv_path),
         "DAGSTER_HOME": str(settings.instance_dir),
     }
     reviews = _ingest(instance, "reviews")

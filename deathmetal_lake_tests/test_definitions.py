@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from deathmetal_lake.datasets import DATASETS
-from deathmetal_lake.definitions import defs
+from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.local_aws import stop
 from deathmetal_lake_tests.conftest import GOLD_TABLES, REPO_ROOT, free_port, make_settings
 
@@ -30,6 +30,7 @@ JOINS = ("music_catalog", "album_reviews")
 EXPECTED_GROUPS: dict[AssetKey, str] = {
     **{AssetKey(["landing", d]): "landing" for d in DATASET_NAMES},
     **{AssetKey(["bronze", d]): "bronze" for d in DATASET_NAMES},
+    **{AssetKey(["staging", d]): "bronze" for d in DATASET_NAMES},
     **{AssetKey(["silver", t]): "silver" for t in (*BASE_TABLES, *JOINS)},
     **{AssetKey(["quarantine", d]): "silver" for d in DATASET_NAMES},
     **{AssetKey(["gold", t]): "gold" for t in GOLD_TABLES},
@@ -38,15 +39,23 @@ PARQUET_ON_S3 = {"polars", "parquet", "s3"}
 EXPECTED_KINDS = {
     "landing": {"kinesis", "firehose", "s3"},
     "bronze": PARQUET_ON_S3,
+    "staging": PARQUET_ON_S3,
     "silver": PARQUET_ON_S3,
     "quarantine": PARQUET_ON_S3,
     "gold": PARQUET_ON_S3,
 }
-INGEST_ASSETS = {AssetKey([layer, d]) for layer in ("landing", "bronze") for d in DATASET_NAMES}
+INGEST_ASSETS = {
+    AssetKey([layer, d]) for layer in ("landing", "bronze", "staging") for d in DATASET_NAMES
+}
 
 
 @pytest.fixture(scope="module")
-def asset_graph():
+def defs(tmp_path_factory: pytest.TempPathFactory):
+    return build_definitions(make_settings(tmp_path_factory.mktemp("defs") / "state"))
+
+
+@pytest.fixture(scope="module")
+def asset_graph(defs):
     return defs.resolve_asset_graph()
 
 
@@ -73,10 +82,11 @@ def test_ingest_layers_are_partitioned_by_their_datasets_ingests(asset_graph) ->
             assert partitions_def.name == f"{key.path[1]}_ingests", key
         else:
             assert partitions_def is None, key
-    # Landing and bronze of one dataset share one definition: a run materializes both.
+    # The ingest layers of one dataset share one definition: a run materializes them together.
     for dataset in DATASET_NAMES:
         landing = asset_graph.get(AssetKey(["landing", dataset])).partitions_def
         assert asset_graph.get(AssetKey(["bronze", dataset])).partitions_def is landing
+        assert asset_graph.get(AssetKey(["staging", dataset])).partitions_def is landing
 
 
 def test_everything_below_landing_follows_upstream(asset_graph) -> None:
@@ -85,7 +95,7 @@ def test_everything_below_landing_follows_upstream(asset_graph) -> None:
         assert has_condition == (key.path[0] != "landing"), key
 
 
-def test_sensors_their_targets_and_default_statuses(asset_graph) -> None:
+def test_sensors_their_targets_and_default_statuses(defs, asset_graph) -> None:
     sensors = {sensor.name: sensor for sensor in defs.sensors or []}
     assert {name: sensor.default_status for name, sensor in sensors.items()} == {
         "csv_dir_sensor": DefaultSensorStatus.RUNNING,
@@ -102,7 +112,7 @@ def test_sensors_their_targets_and_default_statuses(asset_graph) -> None:
     assert automated <= automation.asset_selection.resolve(asset_graph)
 
 
-def test_refresh_lake_job_rebuilds_silver_and_gold() -> None:
+def test_refresh_lake_job_rebuilds_silver_and_gold(defs) -> None:
     job = defs.resolve_job_def("refresh_lake")
     assert job.description
     assert set(job.asset_layer.selected_asset_keys) == {
@@ -110,7 +120,7 @@ def test_refresh_lake_job_rebuilds_silver_and_gold() -> None:
     }
 
 
-def test_ingest_checks_jobs_run_their_datasets_landing_and_bronze_checks_alone() -> None:
+def test_ingest_checks_jobs_run_their_datasets_landing_and_bronze_checks_alone(defs) -> None:
     for dataset in DATASET_NAMES:
         job = defs.resolve_job_def(f"{dataset}_ingest_checks")
         assert job.description and "dagster/partition" in job.description

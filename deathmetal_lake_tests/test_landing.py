@@ -32,7 +32,7 @@ def _inject(settings: LakeSettings, rate: float) -> None:
 
 
 def _ingest(settings: LakeSettings, instance: DagsterInstance, file: Path):
-    (source,) = [s for s in local_sources(settings.csv_dir) if s.name == file.name]
+    (source,) = [s for s in local_sources(settings.csv_path) if s.name == file.name]
     key = ingest_key(source.name, content_hash(source))
     instance.add_dynamic_partitions(INGEST_PARTITIONS["reviews"].name, [key])
     result = materialize(
@@ -79,8 +79,8 @@ def test_the_asset_fails_with_the_unsent_count_when_the_retry_budget_runs_out(
     from deathmetal_lake.local_aws import ensure_running, stop
 
     settings = make_settings(tmp_path / "state", put_records_max_attempts=2)
-    settings.csv_dir.mkdir(parents=True)
-    file = Path(shutil.copy(SAMPLE_CSV_DIR / "reviews.csv", settings.csv_dir))
+    settings.csv_path.mkdir(parents=True)
+    file = Path(shutil.copy(SAMPLE_CSV_DIR / "reviews.csv", settings.csv_path))
     ensure_running(settings)
     try:
         _inject(settings, 1.0)

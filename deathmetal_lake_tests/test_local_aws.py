@@ -368,7 +368,7 @@ def _kill_server(settings: LakeSettings) -> int:
 def _cli_env(settings: LakeSettings) -> dict[str, str]:
     return {
         **os.environ,
-        "LAKE_STATE_DIR": str(settings.state_dir),
+        "LAKE_STATE_DIR": str(settings.state_path),
         "LAKE_EMBEDDED_PORT": str(settings.embedded_port),
         "LAKE_EMBEDDED_BUFFER_SECONDS": str(settings.embedded_buffer_seconds),
     }
@@ -379,7 +379,7 @@ def _stop_everything(settings: LakeSettings) -> None:
     try:
         stop(settings)
     finally:
-        for pid in _serve_pids(settings.state_dir):
+        for pid in _serve_pids(settings.state_path):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -415,8 +415,8 @@ def test_provisioning_and_starting_again_change_nothing(embedded_aws: LakeSettin
     assert ensure_running(settings) == endpoint(settings)
     assert ensure_running(settings) == endpoint(settings)
     assert health(settings)["pid"] == pid
-    assert _serve_pids(settings.state_dir) == [pid]
-    assert (settings.state_dir / LOG_FILE).read_text().count(READY_LINE) == 1
+    assert _serve_pids(settings.state_path) == [pid]
+    assert (settings.state_path / LOG_FILE).read_text().count(READY_LINE) == 1
 
 
 def test_concurrent_up_starts_exactly_one_server(tmp_path: Path) -> None:
@@ -447,14 +447,14 @@ def test_concurrent_up_starts_exactly_one_server(tmp_path: Path) -> None:
         assert printed == [endpoint(settings)] * 3, errors
 
         pid = health(settings)["pid"]
-        assert _serve_pids(settings.state_dir) == [pid]
-        log = (settings.state_dir / LOG_FILE).read_text()
+        assert _serve_pids(settings.state_path) == [pid]
+        log = (settings.state_path / LOG_FILE).read_text()
         assert log.count(READY_LINE) == 1, log
         assert log.count("replayed") == 1, log
 
         assert stop(settings)
         assert health(settings) is None
-        assert _serve_pids(settings.state_dir) == []
+        assert _serve_pids(settings.state_path) == []
     finally:
         for process in processes:
             if process.poll() is None:
@@ -498,7 +498,7 @@ def test_cli_status_up_down(tmp_path: Path) -> None:
         assert down.returncode == 0, down
         assert down.stdout.strip() == "stopped"
         assert health(settings) is None
-        assert _serve_pids(settings.state_dir) == []
+        assert _serve_pids(settings.state_path) == []
 
         status = cli("status")
         assert status.returncode == 3 and "not running" in status.stdout, status
@@ -560,7 +560,7 @@ def test_health_refuses_a_port_answered_by_something_else(
         health(settings)
     with pytest.raises(EmbeddedAwsError, match="answered by something else"):
         ensure_running(settings, timeout=10)
-    assert not (settings.state_dir / LOG_FILE).exists(), "ensure_running started a server anyway"
+    assert not (settings.state_path / LOG_FILE).exists(), "ensure_running started a server anyway"
 
 
 def test_health_refuses_the_embedded_aws_of_another_state_dir(
@@ -799,7 +799,7 @@ def test_sigkill_right_after_put_loses_and_doubles_nothing(embedded_aws: LakeSet
     torn = {o.key for o in _wait_landed(settings, "reviews", sent["reviews"])} - keys
     assert len(torn) == 1
     _kill_server(settings)
-    journal = settings.state_dir / JOURNAL_FILE
+    journal = settings.state_path / JOURNAL_FILE
     with journal.open("r+b") as handle:
         handle.truncate(journal.stat().st_size - 1000)  # inside the last object's 2 MB body
     ensure_running(settings)
@@ -933,7 +933,7 @@ def _emulator_memory(settings: LakeSettings) -> dict[str, int]:
 def _spilled_sizes(settings: LakeSettings) -> list[int]:
     """Sizes of the (unlinked) files the emulator holds open in its state dir's spill folder."""
     pid = health(settings)["pid"]
-    spill = str(settings.state_dir.resolve() / "spill")
+    spill = str(settings.state_path.resolve() / "spill")
     sizes = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):

@@ -192,7 +192,7 @@ def instance(shared_instance: DagsterInstance) -> DagsterInstance:
 @pytest.fixture
 def local_settings(tmp_path: Path) -> LakeSettings:
     settings = make_settings(tmp_path / "state", aws_mode=AwsMode.LOCALSTACK)
-    settings.csv_dir.mkdir()
+    settings.csv_path.mkdir()
     return settings
 
 
@@ -208,7 +208,7 @@ def csv_daemon(local_settings: LakeSettings, instance: DagsterInstance) -> Daemo
 def test_new_file_is_ingested_once_after_two_unchanged_ticks(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    path = write(local_settings.csv_dir / "bands.csv", BANDS)
+    path = write(local_settings.csv_path / "bands.csv", BANDS)
     key = expected_key("bands.csv", BANDS)
     assert key.startswith("bands-")
 
@@ -226,9 +226,9 @@ def test_new_file_is_ingested_once_after_two_unchanged_ticks(
 def test_restarted_daemon_continues_from_the_stored_cursor(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    bands = write(local_settings.csv_dir / "bands.csv", BANDS)
+    bands = write(local_settings.csv_path / "bands.csv", BANDS)
     csv_daemon.ticks(2)
-    albums = write(local_settings.csv_dir / "albums.csv", ALBUMS)
+    albums = write(local_settings.csv_path / "albums.csv", ALBUMS)
     assert_nothing(csv_daemon.tick())  # albums.csv pending when the daemon stops
 
     stored = csv_daemon.cursor
@@ -248,7 +248,7 @@ def test_restarted_daemon_continues_from_the_stored_cursor(
 def test_lost_cursor_does_not_ingest_known_content_again(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    write(local_settings.csv_dir / "bands.csv", BANDS)
+    write(local_settings.csv_path / "bands.csv", BANDS)
     csv_daemon.ticks(2)
 
     reset = Daemon(csv_dir_sensor, instance, csv_daemon.resources)  # cursor cleared in the UI
@@ -264,7 +264,7 @@ def test_lost_cursor_does_not_ingest_known_content_again(
 def test_changed_content_gets_a_new_partition(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    path = write(local_settings.csv_dir / "bands.csv", BANDS)
+    path = write(local_settings.csv_path / "bands.csv", BANDS)
     csv_daemon.ticks(2)
     changed = BANDS + b"2,Morbid Angel,US,Active,1983,Death,Occult,1983-present\n"
     write(path, changed, mtime_step=1)
@@ -285,7 +285,7 @@ def test_file_still_being_written_waits(
 ) -> None:
     rows = REVIEWS.splitlines(keepends=True)
     more = b"".join(f"{n},1,Again,{n},Still brutal.\n".encode() for n in range(2, 50))
-    path = write(local_settings.csv_dir / "reviews.csv", rows[0])
+    path = write(local_settings.csv_path / "reviews.csv", rows[0])
 
     assert_nothing(csv_daemon.tick())
     write(path, rows[0] + rows[1], mtime_step=1)
@@ -300,7 +300,7 @@ def test_file_still_being_written_waits(
 def test_touched_file_with_same_content_adds_nothing(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    path = write(local_settings.csv_dir / "albums.csv", ALBUMS)
+    path = write(local_settings.csv_path / "albums.csv", ALBUMS)
     csv_daemon.ticks(2)
     touch(path)
 
@@ -315,7 +315,7 @@ def test_touched_file_with_same_content_adds_nothing(
 def test_unknown_names_are_reported_once_and_not_ingested(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    folder = local_settings.csv_dir
+    folder = local_settings.csv_path
     notes, album = write(folder / "notes.csv", b"x\n"), write(folder / "album.csv", ALBUMS)
     write(folder / "bands.txt", BANDS)
     write(folder / "bands_.csv", BANDS)
@@ -340,8 +340,8 @@ def test_unknown_names_are_reported_once_and_not_ingested(
 def test_increments_map_to_their_dataset_and_names_tell_same_content_apart(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    write(local_settings.csv_dir / "reviews.csv", REVIEWS)
-    write(local_settings.csv_dir / "reviews_2026-11.csv", REVIEWS)
+    write(local_settings.csv_path / "reviews.csv", REVIEWS)
+    write(local_settings.csv_path / "reviews_2026-11.csv", REVIEWS)
 
     csv_daemon.tick()
     tick = csv_daemon.tick()
@@ -356,10 +356,10 @@ def test_increments_map_to_their_dataset_and_names_tell_same_content_apart(
 def test_deleted_file_is_forgotten(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    bands = write(local_settings.csv_dir / "bands.csv", BANDS)
-    notes = write(local_settings.csv_dir / "notes.csv", b"x\n")
+    bands = write(local_settings.csv_path / "bands.csv", BANDS)
+    notes = write(local_settings.csv_path / "notes.csv", b"x\n")
     csv_daemon.ticks(2)
-    albums = write(local_settings.csv_dir / "albums.csv", ALBUMS)
+    albums = write(local_settings.csv_path / "albums.csv", ALBUMS)
     csv_daemon.tick()  # albums.csv pending
 
     for path in (bands, notes, albums):
@@ -381,7 +381,7 @@ def test_deleted_file_is_forgotten(
 def test_missing_folder_is_no_error(
     instance: DagsterInstance, local_settings: LakeSettings
 ) -> None:
-    local_settings.csv_dir.rmdir()
+    local_settings.csv_path.rmdir()
     daemon = Daemon(csv_dir_sensor, instance, {"lake": build_resources(local_settings)["lake"]})
     tick = daemon.tick()
     assert_nothing(tick)

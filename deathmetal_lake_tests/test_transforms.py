@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.rows import PROVENANCE_COLUMNS
 from deathmetal_lake.rules import RULES, RejectReason
-from deathmetal_lake.transforms import COLUMN_LINEAGE, gold, silver
+from deathmetal_lake.transforms import COLUMN_LINEAGE, descriptions, gold, joins, merge, silver
 
 YEAR = 2026
 PROVENANCE_SCHEMA = {"_source_file": pl.String, "_source_row": pl.Int64, "_ingest_id": pl.String}
@@ -50,7 +50,7 @@ def bronze(
 
 def build(dataset: str, *frames: tuple[str, pl.LazyFrame], **kwargs: Any) -> silver.SilverResult:
     """build_silver over ingests given oldest first as (ingest_id, frame)."""
-    return silver.build_silver(
+    return merge.build_silver(
         dataset, dict(frames), [i for i, _ in frames], current_year=YEAR, **kwargs
     )
 
@@ -306,12 +306,12 @@ def test_descriptions_cover_every_silver_column():
     }
     tables = {
         **base,
-        "music_catalog": silver.music_catalog(base["albums"], base["bands"]),
-        "album_reviews": silver.album_reviews(base["reviews"], base["albums"]),
+        "music_catalog": joins.music_catalog(base["albums"], base["bands"]),
+        "album_reviews": joins.album_reviews(base["reviews"], base["albums"]),
     }
-    assert tables.keys() == silver.SILVER_COLUMN_DESCRIPTIONS.keys()
+    assert tables.keys() == descriptions.SILVER_COLUMN_DESCRIPTIONS.keys()
     for name, table in tables.items():
-        assert table.collect_schema().names() == list(silver.SILVER_COLUMN_DESCRIPTIONS[name])
+        assert table.collect_schema().names() == list(descriptions.SILVER_COLUMN_DESCRIPTIONS[name])
 
 
 # --- silver base tables: rejections -------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_latest_ingest_wins_across_files_and_later_row_within_an_ingest():
 def test_ingest_order_not_dict_order_decides_the_winner():
     old = bronze("reviews", "reviews_a.csv", "zz-old", [{"id": "1", "score": "10"}])
     new = bronze("reviews", "reviews_b.csv", "aa-new", [{"id": "1", "score": "99"}])
-    result = silver.build_silver(
+    result = merge.build_silver(
         "reviews", {"aa-new": new, "zz-old": old}, ["zz-old", "aa-new"], current_year=YEAR
     )
     assert result.table.collect()["score"].to_list() == [99.0]
@@ -452,8 +452,6 @@ def test_a_newer_ingest_of_the_same_file_replaces_the_older_one():
     assert table.filter(pl.col("id") == 2)["name"].to_list() == ["New"]
     # Superseded rows are neither silver nor quarantine: the invalid row of i1 is gone too.
     assert result.quarantine.collect().height == 0
-    latest = silver.latest_bronze("bands", {"i1": old, "i2": other, "i3": new}, ["i1", "i2", "i3"])
-    assert latest.collect()["_ingest_id"].to_list() == ["i2", "i3", "i3"]
 
 
 def test_source_files_skip_superseded_ingests_unread_and_let_an_empty_version_win():
@@ -468,23 +466,24 @@ def test_source_files_skip_superseded_ingests_unread_and_let_an_empty_version_wi
         source_files={"i1": "bands.csv", "i2": "bands.csv", "i3": "bands_b.csv"},
     )
     assert ids(result) == [7]
-    # The newest bands.csv may not even have a bronze frame (no rows were delivered).
-    result = silver.build_silver(
+    # A newer bands.csv whose ingest failed (no bronze) replaces nothing: the last good one counts.
+    good = bronze("bands", "bands.csv", "i1", [{"id": "5"}])
+    result = merge.build_silver(
         "bands",
-        {"i1": never_read, "i3": other},
+        {"i1": good, "i3": other},
         ["i1", "i2", "i3"],
         current_year=YEAR,
         source_files={"i1": "bands.csv", "i2": "bands.csv", "i3": "bands_b.csv"},
     )
-    assert ids(result) == [7]
+    assert ids(result) == [5, 7]
 
 
 def test_ingest_order_must_place_every_ingest_once():
     frame = bronze("bands", "bands.csv", "i1", [{"id": "1"}])
     with pytest.raises(ValueError, match="missing from ingest_order"):
-        silver.build_silver("bands", {"i1": frame}, ["i0"], current_year=YEAR)
+        merge.build_silver("bands", {"i1": frame}, ["i0"], current_year=YEAR)
     with pytest.raises(ValueError, match="twice"):
-        silver.build_silver("bands", {"i1": frame}, ["i1", "i1"], current_year=YEAR)
+        merge.build_silver("bands", {"i1": frame}, ["i1", "i1"], current_year=YEAR)
 
 
 def test_extra_and_missing_columns_across_ingests():
@@ -509,15 +508,16 @@ def test_extra_and_missing_columns_across_ingests():
         *PROVENANCE_COLUMNS,
     ]
     quarantine = result.quarantine.collect()
-    assert quarantine.columns == [*silver.bronze_schema("albums"), "label", "_reject_reason"]
-    assert quarantine.select("label", "_raw", "_reject_reason").rows() == [
-        ("x", None, "invalid year: year='3000' (expected year in 1960..2027)"),
-        (None, "1,2,3,4,5", "parse error: too many fields"),
+    # Every part of the quarantine folder has one schema: a file's extra columns stay in bronze.
+    assert quarantine.columns == [*silver.bronze_schema("albums"), "_reject_reason"]
+    assert quarantine.select("_raw", "_reject_reason").rows() == [
+        (None, "invalid year: year='3000' (expected year in 1960..2027)"),
+        ("1,2,3,4,5", "parse error: too many fields"),
     ]
 
 
 def test_no_ingests_give_empty_typed_frames():
-    result = silver.build_silver("reviews", {}, [], current_year=YEAR)
+    result = merge.build_silver("reviews", {}, [], current_year=YEAR)
     table, quarantine = result.table.collect(), result.quarantine.collect()
     assert table.height == quarantine.height == 0
     assert table.schema["score"] == pl.Float64
@@ -551,9 +551,9 @@ def test_invariant_input_rows_equal_silver_plus_quarantine():
         ),
     }
     order = ["i1", "i2", "i3"]
-    result = silver.build_silver("reviews", ingests, order, current_year=YEAR)
+    result = merge.build_silver("reviews", ingests, order, current_year=YEAR)
     table, quarantine = result.table.collect().sort("id"), result.quarantine.collect()
-    input_rows = silver.latest_bronze("reviews", ingests, order).collect().height
+    input_rows = sum(ingests[i].collect().height for i in ("i2", "i3"))
     assert input_rows == 7 + 7
     assert table.height + quarantine.height == input_rows
     assert table["id"].is_unique().all()
@@ -680,7 +680,7 @@ REVIEWS = silver_reviews(
 
 
 def test_music_catalog_keeps_albums_of_unknown_bands():
-    out = silver.music_catalog(ALBUMS, BANDS).collect()
+    out = joins.music_catalog(ALBUMS, BANDS).collect()
     assert out.select(
         "album_id", "album_title", "year", "band_id", "band_name", "country"
     ).rows() == [
@@ -700,7 +700,7 @@ def test_music_catalog_keeps_albums_of_unknown_bands():
 
 
 def test_album_reviews_keeps_reviews_of_unknown_albums():
-    out = silver.album_reviews(REVIEWS, ALBUMS).collect()
+    out = joins.album_reviews(REVIEWS, ALBUMS).collect()
     expected = pl.DataFrame(
         [
             (100, 10, "r100", 80.0, "text", "Leprosy", 1, 1988),
@@ -728,26 +728,20 @@ def test_album_reviews_keeps_reviews_of_unknown_albums():
 
 def test_count_orphans():
     expected = pl.DataFrame({"orphan_rows": [1], "orphan_keys": [1]})
-    assert_frame_equal(silver.count_orphans(ALBUMS, BANDS, "band").collect(), expected)
+    assert_frame_equal(joins.count_orphans(ALBUMS, BANDS, "band").collect(), expected)
     # Two reviews of one unknown album: two rows, one key.
     reviews = pl.concat([REVIEWS, silver_reviews([(107, 77, 10.0)])])
     expected = pl.DataFrame({"orphan_rows": [2], "orphan_keys": [1]})
-    assert_frame_equal(silver.count_orphans(reviews, ALBUMS, "album").collect(), expected)
-    none = silver.count_orphans(ALBUMS.filter(pl.col("band") != 99), BANDS, "band").collect()
+    assert_frame_equal(joins.count_orphans(reviews, ALBUMS, "album").collect(), expected)
+    none = joins.count_orphans(ALBUMS.filter(pl.col("band") != 99), BANDS, "band").collect()
     assert none.rows() == [(0, 0)]
-
-
-def test_unknown_values_reports_statuses_outside_the_known_set():
-    out = silver.unknown_values(BANDS, "bands").collect()
-    assert out.rows() == [("status", "Defunct-ish", 1)]
-    assert silver.unknown_values(ALBUMS, "albums").collect().height == 0
 
 
 # --- gold ---------------------------------------------------------------------------------------
 
 
 def test_band_avg_scores():
-    out = gold.band_avg_scores(silver.album_reviews(REVIEWS, ALBUMS), BANDS).collect()
+    out = gold.band_avg_scores(joins.album_reviews(REVIEWS, ALBUMS), BANDS).collect()
     expected = pl.DataFrame(
         [
             (1, "Death", "United States", 3, 90.0, 80.0, 100.0, 10.0),
@@ -828,7 +822,7 @@ def test_album_rankings_do_not_let_one_perfect_review_top_the_chart():
         + [(200, 30, 40.0), (201, 30, 60.0)]
         + [(300, 77, 0.0)]  # orphan album: counts in C, not ranked
     )
-    catalog = silver.music_catalog(
+    catalog = joins.music_catalog(
         silver_albums([(10, 1, "One Hit", 2001), (20, 2, "Solid", 1995), (30, 3, "Meh", None)]),
         BANDS,
     )
@@ -864,7 +858,7 @@ def test_album_rankings_do_not_let_one_perfect_review_top_the_chart():
 
 
 def test_genre_by_decade():
-    catalog = silver.music_catalog(
+    catalog = joins.music_catalog(
         silver_albums(
             [
                 (10, 2, "A", 1989),
@@ -910,20 +904,20 @@ def chain() -> dict[str, pl.LazyFrame]:
             ("r1", bronze("reviews", "reviews.csv", "r1", [{"id": "1"}, {"id": "2"}])),
         ).table,
     }
-    joins = {
-        "music_catalog": silver.music_catalog(base["albums"], base["bands"]),
-        "album_reviews": silver.album_reviews(base["reviews"], base["albums"]),
+    joined = {
+        "music_catalog": joins.music_catalog(base["albums"], base["bands"]),
+        "album_reviews": joins.album_reviews(base["reviews"], base["albums"]),
     }
-    scores = gold.band_avg_scores(joins["album_reviews"], base["bands"])
+    scores = gold.band_avg_scores(joined["album_reviews"], base["bands"])
     return {
         **base,
-        **joins,
+        **joined,
         "band_avg_scores": scores,
         "top10_by_country": gold.top10_by_country(scores),
         "brazilian_bands": gold.brazilian_bands(base["bands"]),
         "band_album_counts": gold.band_album_counts(base["albums"], base["bands"]),
-        "album_rankings": gold.album_rankings(base["reviews"], joins["music_catalog"]),
-        "genre_by_decade": gold.genre_by_decade(joins["music_catalog"]),
+        "album_rankings": gold.album_rankings(base["reviews"], joined["music_catalog"]),
+        "genre_by_decade": gold.genre_by_decade(joined["music_catalog"]),
     }
 
 

@@ -1,30 +1,20 @@
 """Bronze: one Parquet file per ingest, exactly the source rows, as text, with provenance.
 
-Reads the landing objects its ingest was delivered in (recorded by the landing materialization)
-and removes Firehose's at-least-once copies by (`_ingest_id`, `_source_row`).
+Reads the landing objects its ingest's `LandingManifest` names and removes Firehose's
+at-least-once copies by (`_ingest_id`, `_source_row`).
 """
 
 from collections.abc import Mapping
-from typing import Any
 
 import polars as pl
-from dagster import (
-    AssetDep,
-    AssetExecutionContext,
-    AssetKey,
-    AssetRecordsFilter,
-    AssetsDefinition,
-    AutomationCondition,
-    Failure,
-    Output,
-    asset,
-)
+from dagster import AssetIn, AssetKey, AssetsDefinition, AutomationCondition, Output, asset
 
-from deathmetal_lake.assets.landing import DELIVERED_OBJECTS, SOURCE_COLUMNS, landing_key
+from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.datasets import DATASETS, Dataset
+from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource
-from deathmetal_lake.rows import PROVENANCE_COLUMNS
+from deathmetal_lake.rows import INGEST_ID, PROVENANCE_COLUMNS, SOURCE_ROW
 from deathmetal_lake.transforms.silver import bronze_schema
 
 GROUP = "bronze"
@@ -40,15 +30,15 @@ def landing_lines(
     """The ingest's lines from its landing objects, delivery copies removed, in delivery order.
 
     Lazy, so the IO manager streams it into Parquet: a large ingest is never held whole in memory.
-    Not sorted: sorting by `_source_row` held the whole ingest in memory (4.6 GiB at scale 100);
-    `_source_row` is there for anyone who needs source order.
+    Not sorted (a sort holds the whole ingest); `_source_row` is there for anyone who needs
+    source order.
     """
     if not uris:
         return pl.LazyFrame(schema=schema)
     return (
         pl.scan_ndjson(uris, schema=schema, storage_options=storage_options)
-        .filter(pl.col("_ingest_id") == ingest_id)
-        .filter(pl.col("_source_row").is_first_distinct())
+        .filter(pl.col(INGEST_ID) == ingest_id)
+        .filter(pl.col(SOURCE_ROW).is_first_distinct())
     )
 
 
@@ -64,7 +54,7 @@ def build_bronze_asset(dataset: Dataset) -> AssetsDefinition:
         key=bronze_key(dataset),
         group_name=GROUP,
         partitions_def=ingest_partitions(dataset),
-        deps=[AssetDep(landing_key(dataset))],
+        ins={"landing": AssetIn(landing_key(dataset))},
         kinds={"polars", "parquet", "s3"},
         owners=["team:data-platform"],
         metadata={"compression": "snappy"},
@@ -75,43 +65,25 @@ def build_bronze_asset(dataset: Dataset) -> AssetsDefinition:
             f"{', '.join(PROVENANCE_COLUMNS)}. At `bronze/{dataset.name}/<ingest>.parquet`."
         ),
     )
-    def bronze(context: AssetExecutionContext, lake: LakeResource) -> Output[pl.LazyFrame]:
-        ingest_id = context.partition_key
-        landing = _landing_metadata(context, dataset, ingest_id)
-        objects: dict[str, int] = landing[DELIVERED_OBJECTS]
-        delivered_rows = landing["rows"] - landing["oversize_rows"]
+    def bronze(lake: LakeResource, landing: LandingManifest) -> Output[pl.LazyFrame]:
+        bucket = lake.settings.bucket
         lines = landing_lines(
-            [f"s3://{lake.bucket}/{key}" for key in objects],
-            ingest_id,
-            bronze_columns(dataset, landing[SOURCE_COLUMNS]),
+            [f"s3://{bucket}/{key}" for key in landing.objects],
+            landing.ingest_id,
+            bronze_columns(dataset, landing.source_columns),
             lake.polars_storage_options(),
         )
         return Output(
             lines,
             metadata={
-                "dagster/row_count": delivered_rows,
-                "landing_objects": len(objects),
-                "copies_removed": sum(objects.values()) - delivered_rows,
-                "parse_error_rows": landing["parse_error_rows"],
+                "dagster/partition_row_count": landing.delivered_rows,
+                "landing_objects": len(landing.objects),
+                "copies_removed": landing.delivered_copies,
+                "parse_error_rows": landing.parse_error_rows,
             },
         )
 
     return bronze
-
-
-def _landing_metadata(
-    context: AssetExecutionContext, dataset: Dataset, ingest_id: str
-) -> dict[str, Any]:
-    """What the landing run recorded for this ingest: where its rows were delivered, how many."""
-    result = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=landing_key(dataset), asset_partitions=[ingest_id]), limit=1
-    )
-    if not result.records:
-        raise Failure(
-            f"ingest {ingest_id} has no landing materialization; materialize landing first"
-        )
-    metadata = result.records[0].asset_materialization.metadata
-    return {key: value.value for key, value in metadata.items()}
 
 
 bronze_assets = [build_bronze_asset(dataset) for dataset in DATASETS]

@@ -1,12 +1,13 @@
-"""Silver: typed, validated, upserted base tables, their quarantine, and the two joins.
+"""Silver: the base tables merged from staged ingests, their quarantine, and the two joins.
 
-A base table is rebuilt from the bronze ingests of its dataset: the latest ingest of each source
-file counts, rows are upserted by `id` across files, and every rejected row goes to
-`quarantine/{dataset}` with its reason, so bronze rows = silver rows + quarantine rows.
+A base table is a folder of parts, one per current ingest (the latest of each source file):
+rows are upserted by `id` across files, and every rejected row goes to `quarantine/{dataset}/`
+with its reason, so for the current ingests staged rows = silver rows + quarantine rows. A
+refresh decides the winners from the staged parts' key columns and rewrites only the parts
+whose rows changed.
 """
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import polars as pl
 from dagster import (
@@ -16,7 +17,6 @@ from dagster import (
     AssetKey,
     AssetOut,
     AssetsDefinition,
-    MetadataValue,
     Output,
     asset,
     multi_asset,
@@ -24,14 +24,22 @@ from dagster import (
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.lineage import column_lineage
+from deathmetal_lake.assets.staging import staging_key, staging_order
 from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
-from deathmetal_lake.partitions import ingest_partitions
-from deathmetal_lake.rows import IngestKey
-from deathmetal_lake.transforms import silver as transforms
+from deathmetal_lake.resources import LakeTables, TableUpdate
+from deathmetal_lake.resources.io_managers import FOLDER_TABLE
+from deathmetal_lake.rows import INGEST_ID, IngestKey
+from deathmetal_lake.transforms import joins, merge
+from deathmetal_lake.transforms.descriptions import SILVER_COLUMN_DESCRIPTIONS
+from deathmetal_lake.transforms.silver import REJECT_REASON_COLUMN
 
 GROUP = "silver"
 KINDS = {"polars", "parquet", "s3"}
+_ALL_INGESTS = {
+    "partition_mapping": AllPartitionMapping(),
+    "metadata": {"allow_missing_partitions": True},
+}
 
 
 def silver_key(table: str) -> AssetKey:
@@ -46,87 +54,94 @@ def _source_file(ingest_id: str) -> str:
     return IngestKey.parse(ingest_id).source_file
 
 
-def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
-    partitions = ingest_partitions(dataset)
+def _outs(dataset: Dataset) -> dict[str, AssetOut]:
+    common = {"group_name": GROUP, "kinds": KINDS, "owners": ["team:data-platform"]}
+    return {
+        "table": AssetOut(
+            key=silver_key(dataset.name),
+            description=(
+                f"`{dataset.name}`: typed and cleaned, one row per id (latest ingest wins), from "
+                f"the latest ingest of every source file. A folder of Parquet parts, one per "
+                f"ingest: `silver/{dataset.name}/`."
+            ),
+            metadata={**FOLDER_TABLE, "descriptions": SILVER_COLUMN_DESCRIPTIONS[dataset.name]},
+            automation_condition=follow_ingests(),
+            **common,
+        ),
+        "quarantine": AssetOut(
+            key=quarantine_key(dataset),
+            description=(
+                f"`{dataset.name}` rows that broke a rule or lost their id to a later copy, with "
+                f"every bronze column and `{REJECT_REASON_COLUMN}`. A folder of Parquet parts, one "
+                f"per ingest: `quarantine/{dataset.name}/`."
+            ),
+            metadata=FOLDER_TABLE,
+            automation_condition=follow_ingests(),
+            **common,
+        ),
+    }
 
+
+def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
     @multi_asset(
         name=f"silver_{dataset.name}",
-        outs={
-            "table": AssetOut(
-                key=silver_key(dataset.name),
-                group_name=GROUP,
-                kinds=KINDS,
-                owners=["team:data-platform"],
-                description=(
-                    f"`{dataset.name}`: typed and cleaned, one row per id (latest ingest wins), "
-                    f"from the latest ingest of every source file. "
-                    f"At `silver/{dataset.name}.parquet`."
-                ),
-                metadata={"descriptions": transforms.SILVER_COLUMN_DESCRIPTIONS[dataset.name]},
-                automation_condition=follow_ingests(),
-                dagster_type=pl.LazyFrame,
-            ),
-            "quarantine": AssetOut(
-                key=quarantine_key(dataset),
-                group_name=GROUP,
-                kinds=KINDS,
-                owners=["team:data-platform"],
-                description=(
-                    f"`{dataset.name}` rows that broke a rule, with every bronze column and "
-                    f"`_reject_reason`. At `quarantine/{dataset.name}.parquet`."
-                ),
-                automation_condition=follow_ingests(),
-                dagster_type=pl.LazyFrame,
-            ),
-        },
+        outs=_outs(dataset),
         ins={
-            "bronze": AssetIn(
-                key=bronze_key(dataset),
-                partition_mapping=AllPartitionMapping(),
-                metadata={"allow_missing_partitions": True},
-            )
+            "staged": AssetIn(key=staging_key(dataset), **_ALL_INGESTS),
+            "bronze": AssetIn(key=bronze_key(dataset), **_ALL_INGESTS),
         },
     )
     def silver(
-        context: AssetExecutionContext, bronze: dict[str, pl.LazyFrame]
-    ) -> Iterator[Output[pl.LazyFrame]]:
-        order = [
-            key for key in context.instance.get_dynamic_partitions(partitions.name) if key in bronze
-        ]
-        source_files = {key: _source_file(key) for key in order}
-        plan = transforms.plan_silver(
-            dataset.name,
-            bronze,
+        context: AssetExecutionContext,
+        tables: LakeTables,
+        staged: dict[str, pl.LazyFrame],
+        bronze: dict[str, pl.LazyFrame],
+    ) -> Iterator[Output[TableUpdate]]:
+        order = merge.current_ingests(
+            [i for i in staging_order(context.instance, dataset) if i in staged], _source_file
+        )
+        rejected = merge.rejections(dataset.name, staged, order, _source_file).collect(
+            engine="streaming"
+        )
+        table_path = list(silver_key(dataset.name).path)
+        quarantine_path = list(quarantine_key(dataset).path)
+        existing = tables.scan(quarantine_path)
+        changes = merge.changed_parts(
             order,
-            current_year=datetime.now(UTC).year,
-            source_files=source_files,
+            tables.part_names(table_path),
+            rejected,
+            rejected.clear()
+            if existing is None
+            else existing.select(merge.REJECTION_SCHEMA.names()).collect(),
         )
-        # The rejected rows are few; deciding them first lets both outputs stream into Parquet.
-        rejected = plan.rejected.collect(engine="streaming")
-        result = plan.split(rejected.lazy())
-        bronze_rows = plan.rows.select(pl.len()).collect(engine="streaming").item()
-        reasons = rejected.group_by(transforms.REJECT_REASON_COLUMN).len()
-        ingests = sorted({source_files[key] for key in order})
+        own = {
+            ingest: rejected.filter(pl.col(INGEST_ID) == ingest).lazy() for ingest in changes.write
+        }
+        reasons = rejected.group_by(pl.col(REJECT_REASON_COLUMN).str.extract(r"^([^:]+)")).len()
+        summary = {
+            "current_ingests": len(order),
+            "parts_rewritten": len(changes.write),
+            "quarantine_rows": rejected.height,
+        }
         yield Output(
-            result.table,
+            TableUpdate(
+                write={i: merge.table_part(staged[i], own[i]) for i in changes.write},
+                delete=changes.delete,
+            ),
             output_name="table",
-            metadata={
-                "dagster/row_count": bronze_rows - rejected.height,
-                "bronze_rows": bronze_rows,
-                "quarantine_rows": rejected.height,
-                "ingests_used": MetadataValue.json(
-                    {name: [k for k in order if source_files[k] == name][-1] for name in ingests}
-                ),
-            },
+            metadata=summary,
         )
         yield Output(
-            result.quarantine,
+            TableUpdate(
+                write={
+                    i: merge.quarantine_part(dataset.name, bronze[i], own[i]) for i in changes.write
+                },
+                delete=changes.delete,
+            ),
             output_name="quarantine",
             metadata={
                 "dagster/row_count": rejected.height,
-                "reasons": MetadataValue.json(
-                    {row[transforms.REJECT_REASON_COLUMN]: row["len"] for row in reasons.to_dicts()}
-                ),
+                **{f"reason: {row[0]}": row[1] for row in reasons.iter_rows()},
             },
         )
 
@@ -136,7 +151,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
 def _join_asset(
     name: str, left_table: str, right_table: str, foreign_key: str, description: str
 ) -> AssetsDefinition:
-    build = getattr(transforms, name)
+    build = getattr(joins, name)
 
     @asset(
         key=silver_key(name),
@@ -152,7 +167,7 @@ def _join_asset(
         automation_condition=follow_upstream(),
     )
     def join(left: pl.LazyFrame, right: pl.LazyFrame) -> Output[pl.LazyFrame]:
-        orphans = transforms.count_orphans(left, right, foreign_key)
+        orphans = joins.count_orphans(left, right, foreign_key)
         orphans = orphans.collect(engine="streaming").row(0, named=True)
         return Output(
             build(left, right),

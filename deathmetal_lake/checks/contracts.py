@@ -35,7 +35,7 @@ from deathmetal_lake.rules import (
     ForeignKey,
     QualityContract,
 )
-from deathmetal_lake.transforms.silver import REJECT_REASON_COLUMN, build_silver
+from deathmetal_lake.transforms.silver import REJECT_REASON_COLUMN, silver_schema
 
 KEY_UNIQUE_NOT_NULL = "key_unique_not_null"
 REQUIRED_NOT_NULL = "required_not_null"
@@ -51,7 +51,7 @@ def foreign_key_check_name(fk: ForeignKey) -> str:
 
 def expected_schema(dataset: str) -> pl.Schema:
     """The silver table's columns and types, as the transform builds them from the rules."""
-    return build_silver(dataset, {}, [], current_year=2000).table.collect_schema()
+    return silver_schema(dataset)
 
 
 # ---------------------------------------------------------------------------------------------

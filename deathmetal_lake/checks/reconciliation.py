@@ -5,8 +5,9 @@
 - silver: for the latest ingest of every source file, bronze rows = silver rows + quarantine rows.
 
 The landing and bronze checks are partitioned like their assets and evaluate the ingest that was
-materialized (one partition), never every ingest. The `evaluate_*` functions are plain Polars
-and testable without Dagster; the `build_*` functions wire them to assets and storage.
+materialized (one partition), never every ingest; they count against the ingest's
+`LandingManifest`. The `evaluate_*` functions are plain Polars and testable without Dagster; the
+`build_*` functions wire them to assets and storage.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,29 +20,31 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetIn,
-    AssetRecordsFilter,
     asset_check,
 )
 
 from deathmetal_lake.assets.bronze import bronze_key
-from deathmetal_lake.assets.landing import DELIVERED_OBJECTS, landing_key
+from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.assets.silver import quarantine_key, silver_key
+from deathmetal_lake.assets.staging import staging_order
 from deathmetal_lake.checks.evidence import SAMPLE_ROWS, check_result
 from deathmetal_lake.datasets import DATASETS, Dataset
+from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource, LakeS3Resource
+from deathmetal_lake.rows import ROW_ID_SCHEMA, IngestKey
+from deathmetal_lake.transforms.merge import current_ingests
 
 LANDING_DELIVERED = "landing_delivered_every_row"
 BRONZE_MATCHES_LANDING = "bronze_matches_landing"
 SILVER_RECONCILES = "silver_reconciles_with_bronze"
 
-_ROWS = pl.Schema({"_ingest_id": pl.String, "_source_row": pl.Int64})
+_ROWS = ROW_ID_SCHEMA
 _PROBLEM_COLUMNS = ["problem", "_ingest_id", "_source_file", "_source_row"]
 
 
 def source_file_of(ingest_id: str) -> str:
-    """The file an ingest came from: its partition key is `{file stem}-{hash}` (README)."""
-    return f"{ingest_id.rsplit('-', 1)[0]}.csv"
+    return IngestKey.parse(ingest_id).source_file
 
 
 def _problems(problem: str, ingest_id: str, rows: pl.Series) -> pl.DataFrame:
@@ -127,18 +130,8 @@ def landing_rows(lines: pl.LazyFrame, ingest_id: str) -> pl.Series:
     return rows.collect(engine="streaming").to_series().sort()
 
 
-def _landing_metadata(context: AssetCheckExecutionContext, dataset: Dataset) -> Mapping:
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=landing_key(dataset), asset_partitions=[context.partition_key]
-        ),
-        limit=1,
-    ).records
-    return records[0].asset_materialization.metadata if records else {}
-
-
 def _scan_objects(lake: LakeResource, keys: Iterable[str]) -> pl.LazyFrame:
-    uris = [f"s3://{lake.bucket}/{key}" for key in keys]
+    uris = [f"s3://{lake.settings.bucket}/{key}" for key in keys]
     return scan_landing(uris, lake.polars_storage_options())
 
 
@@ -161,29 +154,15 @@ def build_landing_check(dataset: Dataset) -> AssetChecksDefinition:
         blocking=True,
         description=(
             "Nothing lost: every source row of this ingest is a landing line (delivery copies "
-            "counted once) or an object in errors/. Reads the objects the landing run recorded."
+            "counted once) or an object in errors/. Reads the objects its landing manifest names."
         ),
     )
     def landing_delivered(
-        context: AssetCheckExecutionContext, lake: LakeResource, s3: LakeS3Resource
+        lake: LakeResource, s3: LakeS3Resource, landing: LandingManifest
     ) -> AssetCheckResult:
-        ingest_id = context.partition_key
-        metadata = _landing_metadata(context, dataset)
-        if "rows" not in metadata:
-            return check_result(
-                passed=False,
-                counts={},
-                description=f"ingest {ingest_id} has no landing materialization with row counts",
-            )
-        objects = metadata[DELIVERED_OBJECTS].value
-        oversize = (
-            metadata["oversize_error_objects"].value
-            if "oversize_error_objects" in (metadata)
-            else {}
-        )
-        delivered = landing_rows(_scan_objects(lake, objects), ingest_id)
-        errors = _existing(s3, lake.bucket, {int(row): key for row, key in oversize.items()})
-        return evaluate_landing(ingest_id, metadata["rows"].value, delivered, errors)
+        delivered = landing_rows(_scan_objects(lake, landing.objects), landing.ingest_id)
+        errors = _existing(s3, lake.settings.bucket, landing.error_rows)
+        return evaluate_landing(landing.ingest_id, landing.source_rows, delivered, errors)
 
     return landing_delivered
 
@@ -254,32 +233,23 @@ def build_bronze_check(dataset: Dataset) -> AssetChecksDefinition:
         name=BRONZE_MATCHES_LANDING,
         partitions_def=ingest_partitions(dataset),
         blocking=True,
+        additional_ins={"landing": AssetIn(key=landing_key(dataset))},
         description=(
             "Nothing doubled: this ingest's bronze rows are exactly its distinct landing lines "
             "(Firehose's at-least-once copies removed, none lost)."
         ),
     )
     def bronze_matches_landing(
-        context: AssetCheckExecutionContext,
-        lake: LakeResource,
-        bronze: pl.LazyFrame,
+        lake: LakeResource, landing: LandingManifest, bronze: pl.LazyFrame
     ) -> AssetCheckResult:
-        ingest_id = context.partition_key
-        metadata = _landing_metadata(context, dataset)
-        objects = metadata[DELIVERED_OBJECTS].value if DELIVERED_OBJECTS in metadata else {}
-        landing = landing_rows(_scan_objects(lake, objects), ingest_id)
-        return evaluate_bronze(ingest_id, landing, bronze)
+        lines = landing_rows(_scan_objects(lake, landing.objects), landing.ingest_id)
+        return evaluate_bronze(landing.ingest_id, lines, bronze)
 
     return bronze_matches_landing
 
 
 # ---------------------------------------------------------------------------------------------
 # silver
-
-
-def latest_ingests(ingest_order: Iterable[str]) -> dict[str, str]:
-    """Source file -> its latest ingest, from ingest ids listed oldest -> newest."""
-    return {source_file_of(ingest_id): ingest_id for ingest_id in ingest_order}
 
 
 def evaluate_silver(
@@ -314,7 +284,7 @@ def evaluate_silver(
                     silver_rows.select(pl.len().alias("silver")),
                     quarantine_rows.select(pl.len().alias("quarantine")),
                 ],
-                how="horizontal",
+                how="horizontal_extend",
             ),
         ],
         engine="streaming",
@@ -364,8 +334,6 @@ def evaluate_silver(
 
 
 def build_silver_check(dataset: Dataset) -> AssetChecksDefinition:
-    partitions = ingest_partitions(dataset)
-
     @asset_check(
         asset=silver_key(dataset.name),
         name=SILVER_RECONCILES,
@@ -389,8 +357,8 @@ def build_silver_check(dataset: Dataset) -> AssetChecksDefinition:
         quarantine: pl.LazyFrame,
         bronze: dict[str, pl.LazyFrame],
     ) -> AssetCheckResult:
-        order = [k for k in context.instance.get_dynamic_partitions(partitions.name) if k in bronze]
-        latest = latest_ingests(order).values()
+        staged = [i for i in staging_order(context.instance, dataset) if i in bronze]
+        latest = current_ingests(staged, source_file_of)
         bronze_latest = pl.concat(
             [
                 pl.LazyFrame(schema=_ROWS),

@@ -10,15 +10,14 @@ import argparse
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import DagsterInstance, ExecuteInProcessResult
 
 from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.checks.reconciliation import source_file_of
 from deathmetal_lake.datasets import DATASETS, DATASETS_BY_NAME, Dataset, dataset_for_file
-from deathmetal_lake.definitions import defs
-from deathmetal_lake.jobs import PARTITION_TAG, ingest_checks_job_name, ingest_checks_jobs
+from deathmetal_lake.definitions import build_definitions
+from deathmetal_lake.jobs import PARTITION_TAG, ingest_checks_job_name
 from deathmetal_lake.partitions import ingest_partitions
-from deathmetal_lake.resources import build_resources
 from deathmetal_lake.settings import LakeSettings, load_settings
 
 
@@ -46,14 +45,7 @@ def run_ingest_checks(
     settings: LakeSettings, instance: DagsterInstance, ingests: Mapping[str, Sequence[str]]
 ) -> dict[str, ExecuteInProcessResult]:
     """Run the ingest checks job of each dataset once per ingest given; results by ingest."""
-    # From the settings given, not `defs.resources` (built from the environment at import), so a
-    # caller with other settings (a test's emulator) checks its own lake.
-    checks_defs = Definitions(
-        assets=defs.assets,
-        asset_checks=defs.asset_checks,
-        jobs=ingest_checks_jobs,
-        resources=build_resources(settings),
-    )
+    checks_defs = build_definitions(settings)
     results = {}
     for dataset_name, keys in ingests.items():
         job = checks_defs.resolve_job_def(ingest_checks_job_name(DATASETS_BY_NAME[dataset_name]))

@@ -58,7 +58,7 @@ def health(settings: LakeSettings, timeout: float = 1.0) -> dict[str, Any] | Non
         raise EmbeddedAwsError(f"{endpoint(settings)} is answered by something else") from error
     if payload.get("service") != SERVICE_ID:
         raise EmbeddedAwsError(f"{endpoint(settings)} is answered by something else: {payload}")
-    wanted = str(settings.state_dir.resolve())
+    wanted = str(settings.state_path.resolve())
     if payload["state_dir"] != wanted:
         raise EmbeddedAwsError(
             f"the embedded AWS on {endpoint(settings)} keeps its state in {payload['state_dir']}, "
@@ -69,8 +69,8 @@ def health(settings: LakeSettings, timeout: float = 1.0) -> dict[str, Any] | Non
 
 @contextmanager
 def _exclusive(settings: LakeSettings) -> Iterator[None]:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.state_dir / LOCK_FILE).open("w") as lock:
+    settings.state_path.mkdir(parents=True, exist_ok=True)
+    with (settings.state_path / LOCK_FILE).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -79,7 +79,7 @@ def _exclusive(settings: LakeSettings) -> Iterator[None]:
 
 
 def _log_tail(settings: LakeSettings, lines: int = 20) -> str:
-    path = settings.state_dir / LOG_FILE
+    path = settings.state_path / LOG_FILE
     if not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -93,7 +93,7 @@ def ensure_running(settings: LakeSettings, timeout: float = 120.0) -> str:
     with _exclusive(settings):
         process = None
         if health(settings) is None:
-            log = (settings.state_dir / LOG_FILE).open("ab")
+            log = (settings.state_path / LOG_FILE).open("ab")
             # stdio goes to the log file: a child holding our stdout open would keep CI waiting.
             process = subprocess.Popen(
                 [
@@ -102,7 +102,7 @@ def ensure_running(settings: LakeSettings, timeout: float = 120.0) -> str:
                     "deathmetal_lake.local_aws",
                     "serve",
                     "--state-dir",
-                    str(settings.state_dir.resolve()),
+                    str(settings.state_path.resolve()),
                     "--port",
                     str(settings.embedded_port),
                     "--region",
@@ -126,12 +126,12 @@ def ensure_running(settings: LakeSettings, timeout: float = 120.0) -> str:
             if process is not None and process.poll() is not None:
                 raise EmbeddedAwsError(
                     f"the embedded AWS exited with code {process.returncode} while starting; "
-                    f"its log ({settings.state_dir / LOG_FILE}) ends with:\n{_log_tail(settings)}"
+                    f"its log ({settings.state_path / LOG_FILE}) ends with:\n{_log_tail(settings)}"
                 )
             time.sleep(0.1)
     raise EmbeddedAwsError(
         f"the embedded AWS did not become ready within {timeout:.0f}s; "
-        f"its log ({settings.state_dir / LOG_FILE}) ends with:\n{_log_tail(settings)}"
+        f"its log ({settings.state_path / LOG_FILE}) ends with:\n{_log_tail(settings)}"
     )
 
 

@@ -5,7 +5,7 @@ held in memory twice.
 """
 
 from deathmetal_lake.transforms.gold import GOLD_LINEAGE
-from deathmetal_lake.transforms.silver import SILVER_LINEAGE
+from deathmetal_lake.transforms.joins import SILVER_LINEAGE
 
 # Output column -> the (table, column) pairs it is computed from, per join and gold table.
 # Table names are unique across layers: albums, bands, reviews, music_catalog and album_reviews
