@@ -19,14 +19,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(VENV)/.installed $@
 
-$(DAGSTER_HOME):
-	mkdir -p $@
+# The instance's settings (run queue, telemetry); a dagster.yaml already there is the user's own.
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
 
-dev: $(VENV)/.installed | $(DAGSTER_HOME)
+dev: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m deathmetal_lake.local_aws up
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
-run: $(VENV)/.installed | $(DAGSTER_HOME)
+run: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m deathmetal_lake.run
 
 test: $(VENV)/.installed-test

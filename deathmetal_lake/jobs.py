@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetKey, AssetSelection, define_asset_job
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.datasets import DATASETS, Dataset
 
-if TYPE_CHECKING:  # what `define_asset_job` returns; not exported by `dagster` itself
+if TYPE_CHECKING:  # what these return; not exported by `dagster` itself
+    from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
     from dagster._core.definitions.unresolved_asset_job_definition import (
         UnresolvedAssetJobDefinition,
     )
@@ -63,3 +65,22 @@ def ingest_checks_job(dataset: Dataset) -> UnresolvedAssetJobDefinition:
 
 
 ingest_checks_jobs = [ingest_checks_job(dataset) for dataset in DATASETS]
+
+
+def buildable_downstream(
+    graph: BaseAssetGraph, roots: Iterable[AssetKey], exists: Callable[[AssetKey], bool]
+) -> list[AssetKey]:
+    """`roots` and everything downstream of them whose every input exists or is built with them.
+
+    What one run can carry from a new ingest to gold: a mart whose other input was never built
+    (albums ingested before any bands) waits for a later run instead of failing on a missing
+    table. Topological order, roots first.
+    """
+    chosen = set(roots)
+    for level in graph.toposorted_asset_keys_by_level:
+        for key in level:
+            if key in chosen or not (graph.get(key).parent_keys & chosen):
+                continue
+            if all(parent in chosen or exists(parent) for parent in graph.get(key).parent_keys):
+                chosen.add(key)
+    return [key for level in graph.toposorted_asset_keys_by_level for key in level if key in chosen]

@@ -60,8 +60,8 @@ class IngestKey:
     @classmethod
     def parse(cls, key: str) -> IngestKey:
         stem, sep, digest = key.rpartition("-")
-        if not sep or not stem or len(digest) != HASH_LENGTH:
-            raise ValueError(f"{key!r} is not an ingest key (`<file stem>-<{HASH_LENGTH} hex>`)")
+        if not sep or not stem or not digest:
+            raise ValueError(f"{key!r} is not an ingest key (`<file stem>-<content hash>`)")
         return cls(stem, digest)
 
     @property

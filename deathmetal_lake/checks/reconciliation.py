@@ -32,7 +32,7 @@ from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource, LakeS3Resource
-from deathmetal_lake.rows import ROW_ID_SCHEMA, IngestKey
+from deathmetal_lake.rows import INGEST_ID, ROW_ID_SCHEMA, SOURCE_FILE, SOURCE_ROW, IngestKey
 from deathmetal_lake.transforms.merge import current_ingests
 
 LANDING_DELIVERED = "landing_delivered_every_row"
@@ -252,6 +252,19 @@ def build_bronze_check(dataset: Dataset) -> AssetChecksDefinition:
 # silver
 
 
+def _provenance(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    return frame.lazy().select(pl.col(INGEST_ID), pl.col(SOURCE_ROW).cast(pl.Int64))
+
+
+def _labelled(frame: pl.DataFrame, problem: str) -> pl.DataFrame:
+    return frame.select(
+        pl.lit(problem).alias("problem"),
+        INGEST_ID,
+        pl.col(INGEST_ID).map_elements(source_file_of, pl.String).alias(SOURCE_FILE),
+        SOURCE_ROW,
+    )
+
+
 def evaluate_silver(
     dataset: str,
     bronze_latest: pl.DataFrame | pl.LazyFrame,
@@ -262,15 +275,9 @@ def evaluate_silver(
 
     Reads only `_ingest_id` and `_source_row` of each table.
     """
-    key = ["_ingest_id", "_source_row"]
-
-    def provenance(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-        return frame.lazy().select(pl.col("_ingest_id"), pl.col("_source_row").cast(pl.Int64))
-
-    bronze_rows, silver_rows, quarantine_rows = (
-        provenance(bronze_latest),
-        provenance(silver),
-        provenance(quarantine),
+    key = [INGEST_ID, SOURCE_ROW]
+    bronze_rows, silver_rows, quarantine_rows = map(
+        _provenance, (bronze_latest, silver, quarantine)
     )
     placed = pl.concat([silver_rows, quarantine_rows]).group_by(key).len()
     missing, extra, doubled, sizes = pl.collect_all(
@@ -290,27 +297,14 @@ def evaluate_silver(
         engine="streaming",
     )
     size = sizes.row(0, named=True)
-
-    def label(frame: pl.DataFrame, problem: str) -> pl.DataFrame:
-        return frame.select(
-            pl.lit(problem).alias("problem"),
-            "_ingest_id",
-            pl.col("_ingest_id").map_elements(source_file_of, pl.String).alias("_source_file"),
-            "_source_row",
-        )
-
     failing = pl.concat(
         [
-            label(missing, "missing: in bronze, not in silver nor quarantine"),
-            label(extra, "extra: not a row of the latest bronze ingests"),
-            label(doubled, "doubled: more than once across silver and quarantine"),
+            _labelled(missing, "missing: in bronze, not in silver nor quarantine"),
+            _labelled(extra, "extra: not a row of the latest bronze ingests"),
+            _labelled(doubled, "doubled: more than once across silver and quarantine"),
         ]
-    ).sort("_ingest_id", "_source_row")
-    per_ingest = (
-        failing.group_by("_ingest_id", "problem").len().sort("_ingest_id").to_dicts()
-        if not failing.is_empty()
-        else []
-    )
+    ).sort(INGEST_ID, SOURCE_ROW)
+    per_ingest = failing.group_by(INGEST_ID, "problem").len().sort(INGEST_ID).iter_rows()
     return check_result(
         passed=failing.is_empty(),
         counts={
@@ -328,7 +322,7 @@ def evaluate_silver(
             f"{size['quarantine']}"
             if failing.is_empty()
             else f"{dataset}: "
-            + "; ".join(f"ingest {r['_ingest_id']}: {r['len']} {r['problem']}" for r in per_ingest)
+            + "; ".join(f"ingest {ingest}: {n} {problem}" for ingest, problem, n in per_ingest)
         ),
     )
 

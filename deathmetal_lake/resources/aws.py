@@ -6,6 +6,7 @@ embedded mode the `lake` resource starts the embedded AWS on first use, so any D
 """
 
 import functools
+import os
 from typing import Any, ClassVar
 
 import boto3
@@ -16,9 +17,18 @@ from dagster_aws.utils import ResourceWithBoto3Configuration, construct_boto_cli
 from deathmetal_lake.local_aws import ensure_running
 from deathmetal_lake.settings import AwsMode, LakeSettings
 
+# Polars' streaming join buffers up to this many rows of each side to choose its build side, and
+# reads the variable once per process. Its default buffers a whole large table (album_reviews'
+# reviews side); 100k rows choose as well with a fraction of the memory.
+JOIN_SAMPLE_LIMIT = ("POLARS_JOIN_SAMPLE_LIMIT", "100000")
+
 
 class LakeResource(ConfigurableResource):
-    """Where the lake lives and how it talks to AWS; starts the embedded AWS when it is used."""
+    """Where the lake lives and how it talks to AWS; starts the embedded AWS when it is used.
+
+    Set up in every process that runs the lake's steps, before any of them runs: it caps Polars'
+    join sample there (a user's own `POLARS_JOIN_SAMPLE_LIMIT` wins).
+    """
 
     settings: LakeSettings
 
@@ -33,6 +43,7 @@ class LakeResource(ConfigurableResource):
         return options
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        os.environ.setdefault(*JOIN_SAMPLE_LIMIT)
         if self.settings.aws_mode is AwsMode.EMBEDDED:
             ensure_running(self.settings)
 
