@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
@@ -37,24 +36,20 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT; see the module docstring."""
     state_dir = state_dir.resolve()
-    # moto keeps S3 bodies over this size in temporary files instead of memory. They go to the
-    # state directory: /tmp is RAM on many systems, which would put the lake back in memory.
-    os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(1024 * 1024))
-    spill = state_dir / SPILL_DIR
-    shutil.rmtree(spill, ignore_errors=True)
-    spill.mkdir(parents=True)
-    tempfile.tempdir = str(spill)
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
     from werkzeug.serving import make_server
 
+    from deathmetal_lake.local_aws import moto_adapter
     from deathmetal_lake.local_aws.control import SERVICE_ID
     from deathmetal_lake.local_aws.delivery import FirehoseDelivery, return_free_memory
     from deathmetal_lake.local_aws.gateway import Gateway
     from deathmetal_lake.local_aws.provision import provision_lake
+
+    # S3 bodies moto holds (requests' objects) over this size spill to temporary files. They go to
+    # the state directory: /tmp is RAM on many systems, which would put the lake back in memory.
+    spill = state_dir / SPILL_DIR
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    moto_adapter.spill_s3_bodies(spill, threshold_bytes=1024 * 1024)
 
     endpoint = f"http://{host}:{port}"
     identity = {
@@ -76,7 +71,7 @@ def serve(
     }
     journal = Journal(state_dir / JOURNAL_FILE)
     gateway = Gateway(
-        DomainDispatcherApplication(create_backend_app),
+        moto_adapter.backend_app(),
         journal,
         identity=identity,
         region=region,
@@ -91,7 +86,9 @@ def serve(
     return_free_memory()
     log.info("replayed %d journal entries from %s", replayed, journal.path)
 
-    server = make_server(host, port, gateway, threaded=True, request_handler=MotoRequestHandler)
+    server = make_server(
+        host, port, gateway, threaded=True, request_handler=moto_adapter.request_handler()
+    )
     http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     http.start()
     created = provision_lake(
