@@ -147,7 +147,7 @@ def store_object(
     region: str,
     bucket: str,
     key: str,
-    body: io.RawIOBase,
+    body: io.IOBase,
     *,
     size: int,
     etag: str,
