@@ -9,12 +9,14 @@ change in any release: moto is pinned exactly in pyproject.toml, and
 moto, so an upgrade that breaks one fails there by name instead of corrupting state.
 
 Why a journal of our own and not moto's recorder (`/moto-api/recorder/*`): the recorder logs
-every HTTP request, GETs included, as base64 inside JSON (a Kinesis payload takes about 1.8 times
-its size), and replay is a manual POST that re-sends them over HTTP to a server already serving.
-Replayed requests run at replay time: Firehose objects get new time-based keys and Kinesis
-records new arrival times, and a multipart upload fails because its upload id is new. It records
-nothing the emulator does itself (Firehose delivery writes no HTTP request), so delivered
-objects and delivery positions would be lost. `test_moto_adapter.py` checks these claims.
+every HTTP request, GETs included, as base64 inside JSON lines (a Kinesis payload, base64 already,
+is encoded again), and replay is a manual POST that re-sends them all over HTTP to a server that
+is already serving clients. Replayed requests run at replay time: Firehose objects get new
+time-based keys and Kinesis records new arrival times, and a multipart upload fails because its
+upload id is new. And it hooks into moto's request handling, which the emulator's fast paths skip
+(Kinesis PutRecord(s), the objects Firehose delivery writes): the lake's records, delivered
+objects and delivery positions would not be recorded at all. `test_moto_adapter.py` checks the
+recorder's part of these claims.
 """
 
 from __future__ import annotations

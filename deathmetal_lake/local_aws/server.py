@@ -2,8 +2,8 @@
 
 Start-up order matters: replay the journal into a fresh moto, open the port, provision what is
 missing, then report ready and start delivering. Clients (see `control.py`) wait for ready.
-moto is imported only here, when serving: importing it takes about a second, which importers of
-this module's names (the CLI, the tests) need not pay.
+moto is imported only here, when serving: importing it is slow, and importers of this module's
+names (the CLI, the tests) need not pay for it.
 """
 
 from __future__ import annotations
