@@ -24,15 +24,18 @@ $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 
 # The lock is complete, so nothing is resolved at install time (--no-deps); `pip check` fails
-# loudly if pyproject.toml gained a dependency the lock lacks: then run `make lock`.
+# if pyproject.toml gained a dependency the lock lacks.
+CHECK_LOCKED = $(UV) pip check --quiet --python $(BIN)/python || \
+	{ echo "pyproject.toml and the lock disagree: run 'make lock'" >&2; exit 1; }
+
 $(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -r $(LOCK) -e .
-	$(UV) pip check --quiet --python $(BIN)/python
+	$(CHECK_LOCKED)
 	touch $@
 
 $(VENV)/.installed-test: $(TEST_LOCK) pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -r $(TEST_LOCK) -e .
-	$(UV) pip check --quiet --python $(BIN)/python
+	$(CHECK_LOCKED)
 	touch $(VENV)/.installed $@
 
 # Regenerates both locks from pyproject.toml, for every platform (--universal). The runtime lock
