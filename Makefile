@@ -2,22 +2,49 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# uv installs the locked versions several times faster than pip; it is bootstrapped into the venv.
+UV_VERSION ?= 0.13.9
+UV := $(BIN)/uv
+# Exact versions with hashes, made by `make lock` from pyproject.toml (runtime, runtime + test).
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+# `make lock LOCK_FLAGS=--upgrade` moves every pin to the newest allowed; without, pins are kept.
+LOCK_FLAGS ?=
+LOCK_ARGS = --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command "make lock" $(LOCK_FLAGS)
 LAKE_STATE_DIR ?= .lake
 export DAGSTER_HOME ?= $(abspath $(LAKE_STATE_DIR))/dagster
 
-.PHONY: dev run test lint aws-up aws-down aws-status clean-state
+.PHONY: dev run test lint lock aws-up aws-down aws-status clean-state
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(UV): | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+
+# The lock is complete, so nothing is resolved at install time (--no-deps); `pip check` fails
+# if pyproject.toml gained a dependency the lock lacks.
+CHECK_LOCKED = $(UV) pip check --quiet --python $(BIN)/python || \
+	{ echo "pyproject.toml and the lock disagree: run 'make lock'" >&2; exit 1; }
+
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -r $(LOCK) -e .
+	$(CHECK_LOCKED)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: $(TEST_LOCK) pyproject.toml | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -r $(TEST_LOCK) -e .
+	$(CHECK_LOCKED)
 	touch $(VENV)/.installed $@
+
+# Regenerates both locks from pyproject.toml, for every platform (--universal). The runtime lock
+# is constrained by the test lock so the two never disagree. The resolver chooses boto3 (s3fs ->
+# aiobotocore pins botocore) and keeps polars below 2 (dagster-polars 0.27 passes
+# scan_parquet(rechunk=...), which polars 2 removed): both are pyproject.toml's bounds, not pins.
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --extra test $(LOCK_ARGS) -o $(TEST_LOCK)
+	$(UV) pip compile pyproject.toml -c $(TEST_LOCK) $(LOCK_ARGS) -o $(LOCK)
 
 # The instance's settings (run queue, telemetry); a dagster.yaml already there is the user's own.
 $(DAGSTER_HOME)/dagster.yaml:
@@ -33,6 +60,7 @@ run: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test

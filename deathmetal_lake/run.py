@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
@@ -78,39 +78,38 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
         instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
 
     defs = build_definitions(settings)
-    # The checks run with the assets they guard: a blocking failure stops what is downstream.
-    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
-    resources = defs.resources
     ok = True
     changed = False
     for key, selection in _ingest_runs(settings, instance, plan.current):
         log.info("%s: materializing %s", key, ", ".join(k.to_user_string() for k in selection))
-        result = materialize(
-            assets,
-            selection=selection,
-            partition_key=key,
-            instance=instance,
-            resources=resources,
-            tags=TAGS,
-            raise_on_error=False,
-        )
-        ok &= result.success
+        ok &= _execute(defs, instance, selection, partition_key=key)
         changed = True
     downstream = _downstream_keys(defs)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in downstream)
     if changed or never_built:
-        result = materialize(
-            assets,
-            selection=downstream,
-            instance=instance,
-            resources=resources,
-            tags=TAGS,
-            raise_on_error=False,
-        )
-        ok &= result.success
+        ok &= _execute(defs, instance, downstream)
     else:
         log.info("nothing new in %s; silver and gold are up to date", settings.csv_path)
     return ok
+
+
+def _execute(
+    defs: Definitions,
+    instance: DagsterInstance,
+    selection: list[AssetKey],
+    partition_key: str | None = None,
+) -> bool:
+    """One run of `selection` with the checks of those assets, as the UI would launch it."""
+    job = defs.resolve_implicit_job_def_def_for_assets(selection)
+    assert job is not None, selection
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        asset_selection=selection,
+        tags=TAGS,
+        raise_on_error=False,
+    )
+    return result.success
 
 
 def _downstream_keys(defs: Definitions) -> list[AssetKey]:

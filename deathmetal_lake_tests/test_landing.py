@@ -54,8 +54,8 @@ def _source_rows(file: Path) -> int:
 def test_every_row_arrives_once_when_a_fifth_of_each_call_is_throttled(
     embedded_aws: LakeSettings,
 ) -> None:
-    embedded_aws.csv_dir.mkdir(parents=True)
-    file = Path(shutil.copy(SAMPLE_CSV_DIR / "reviews.csv", embedded_aws.csv_dir))
+    embedded_aws.csv_path.mkdir(parents=True)
+    file = Path(shutil.copy(SAMPLE_CSV_DIR / "reviews.csv", embedded_aws.csv_path))
     _inject(embedded_aws, 0.2)
 
     with DagsterInstance.ephemeral() as instance:

@@ -571,7 +571,7 @@ def test_health_refuses_the_embedded_aws_of_another_state_dir(
         health(other)
     with pytest.raises(EmbeddedAwsError, match="keeps its state in"):
         ensure_running(other, timeout=10)
-    assert _serve_pids(other.state_dir) == []
+    assert _serve_pids(other.state_path) == []
     assert health(embedded_aws)["ready"]
 
 

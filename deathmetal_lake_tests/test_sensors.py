@@ -424,8 +424,8 @@ def test_s3_raw_uploads_are_ingested_like_local_files(
     # The same bytes dropped in the local folder are the same ingest: no second partition.
     local = build_resources(embedded_aws)
     csv_daemon = Daemon(csv_dir_sensor, instance, {"lake": local["lake"]})
-    embedded_aws.csv_dir.mkdir()
-    write(embedded_aws.csv_dir / "bands.csv", BANDS)
+    embedded_aws.csv_path.mkdir()
+    write(embedded_aws.csv_path / "bands.csv", BANDS)
     for tick in csv_daemon.ticks(2):
         assert_nothing(tick)
     assert partitions(instance, "bands") == [key]

@@ -25,10 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.firehose.models import firehose_backends
-from moto.kinesis.models import kinesis_backends
-
+from deathmetal_lake.local_aws import moto_adapter
 from deathmetal_lake.local_aws.gateway import Entry, Refusal, operation
 from deathmetal_lake.local_aws.kinesis import payload_size, payloads
 
@@ -78,7 +75,7 @@ class FirehoseDelivery:
         lock: threading.RLock,
         *,
         poll_seconds: float = 0.05,
-        account_id: str = DEFAULT_ACCOUNT_ID,
+        account_id: str = moto_adapter.DEFAULT_ACCOUNT_ID,
     ) -> None:
         self.region = region
         self.write_object = write_object
@@ -92,12 +89,10 @@ class FirehoseDelivery:
     # --- moto state -------------------------------------------------------------------------
 
     def _delivery_stream(self, name: str) -> Any | None:
-        return firehose_backends[self.account_id][self.region].delivery_streams.get(name)
+        return moto_adapter.delivery_stream(self.account_id, self.region, name)
 
     def _source_shards(self, delivery_stream: Any) -> dict[str, Any]:
-        stream_name = delivery_stream.source["KinesisStreamARN"].rsplit("/", 1)[-1]
-        stream = kinesis_backends[self.account_id][self.region].streams[stream_name]
-        return {shard.shard_id: shard for shard in stream.shards.values()}
+        return moto_adapter.source_shards(self.account_id, self.region, delivery_stream)
 
     # --- observing the journal (live and on replay) -------------------------------------------
 
@@ -125,7 +120,9 @@ class FirehoseDelivery:
     def _start(self, name: str) -> None:
         """A new delivery stream starts at its source's tip, as Firehose does."""
         shards = self._source_shards(self._delivery_stream(name))
-        tip = {shard_id: shard.get_max_sequence_number() for shard_id, shard in shards.items()}
+        tip = {
+            shard_id: moto_adapter.last_sequence_number(shard) for shard_id, shard in shards.items()
+        }
         self._deliveries[name] = _Delivery(name, committed=dict(tip), read=dict(tip))
 
     def refuse_direct_put(self, entry: Entry) -> Refusal | None:
@@ -138,7 +135,7 @@ class FirehoseDelivery:
         name = json.loads(entry.body).get("DeliveryStreamName")
         with self.lock:
             stream = self._delivery_stream(name)
-        if stream is None or stream.delivery_stream_type != KINESIS_SOURCE:
+        if stream is None or moto_adapter.delivery_stream_type(stream) != KINESIS_SOURCE:
             return None
         return 400, {
             "__type": "InvalidArgumentException",
@@ -182,8 +179,7 @@ class FirehoseDelivery:
             stream = self._delivery_stream(delivery.name)
             if stream is None:
                 return
-            destination = stream.destinations[0]["ExtendedS3"]
-            version = stream.version_id
+            destination, version = moto_adapter.s3_destination(stream)
         hints = destination.get("BufferingHints", {})
         size_limit = int(hints.get("SizeInMBs", 5)) * 1024 * 1024
         interval = float(hints.get("IntervalInSeconds", 300))
@@ -212,13 +208,13 @@ class FirehoseDelivery:
                 return False
             for shard_id, shard in self._source_shards(stream).items():
                 position = delivery.read.get(shard_id, 0)
-                last = next(reversed(shard.records), 0)
+                last = moto_adapter.last_sequence_number(shard)
                 while position < last:
                     if size >= size_limit:
                         more = True
                         break
                     position += 1
-                    record = shard.records.get(position)
+                    record = moto_adapter.record_at(shard, position)
                     if record is not None:
                         picked.append((shard_id, position, record))
                         size += payload_size(record)

@@ -17,39 +17,27 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
 import json
 import random
 import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.core.exceptions import JsonRESTError
-from moto.s3 import notifications
-from moto.s3.models import s3_backends
-from moto.s3.utils import metadata_from_headers
-from moto.utilities.utils import get_partition
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request
 
-from deathmetal_lake.local_aws import kinesis
+from deathmetal_lake.local_aws import kinesis, moto_adapter
 from deathmetal_lake.local_aws.journal import Entry, Journal
 
 _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _QUERY_UPLOAD_ID = re.compile(r"(^|&)uploadId=([^&]+)")
-# moto stamps S3 LastModified, Kinesis arrival and creation times with the `utcnow` each of these
-# modules imports; without a fixed clock a replay would restamp everything with the restart time.
-_CLOCKED_MOTO_MODULES = ("moto.s3.models", "moto.kinesis.models", "moto.firehose.models")
 _KINESIS_PUTS = (kinesis.PUT_RECORD, kinesis.PUT_RECORDS)
 _JSON_1_1 = "application/x-amz-json-1.1"
 # moto reads the account and region of a request from its credential scope, never the signature.
@@ -105,31 +93,6 @@ def _is_object_read(entry: Entry) -> bool:
     )
 
 
-@contextmanager
-def _moto_clock(applied_at: float | None) -> Iterator[None]:
-    """moto reads `applied_at` (epoch seconds) as the current time; None leaves its clock alone.
-
-    Only one thread at a time may hold it: the gateway's lock (or replay, before serving).
-    """
-    if applied_at is None:
-        yield
-        return
-    frozen = datetime.fromtimestamp(applied_at, UTC).replace(tzinfo=None)
-
-    def clock() -> datetime:
-        return frozen
-
-    modules = [importlib.import_module(name) for name in _CLOCKED_MOTO_MODULES]
-    originals = [module.utcnow for module in modules]
-    for module in modules:
-        module.utcnow = clock
-    try:
-        yield
-    finally:
-        for module, original in zip(modules, originals, strict=True):
-            module.utcnow = original
-
-
 def _status_line(status: int) -> str:
     return f"{status} {({200: 'OK', 400: 'Bad Request', 404: 'Not Found'}).get(status, 'Error')}"
 
@@ -149,13 +112,10 @@ def _moto_headers() -> list[tuple[str, str]]:
     ]
 
 
-def _error_response(error: JsonRESTError) -> Response:
+def _error_response(error: moto_adapter.ServiceError) -> Response:
     """moto's answer to one of its exceptions, as its server renders it."""
-    return Response(
-        _status_line(error.code),
-        [*error.get_headers(), ("status", str(error.code)), *_moto_headers()],
-        error.get_body().encode(),
-    )
+    code, headers, body = moto_adapter.error_parts(error)
+    return Response(_status_line(code), [*headers, ("status", str(code)), *_moto_headers()], body)
 
 
 class Gateway:
@@ -203,7 +163,7 @@ class Gateway:
                 self._notify(entry)
                 count += 1
                 continue
-            with _moto_clock(entry.extra.get("t")):
+            with moto_adapter.frozen_clock(entry.extra.get("t")):
                 response = self._dispatch(entry)
             if "upload_id" in entry.extra and (found := _UPLOAD_ID.search(response.body)):
                 upload_ids[entry.extra["upload_id"]] = found.group(1).decode()
@@ -215,7 +175,7 @@ class Gateway:
     def _replay_kinesis_put(self, entry: Entry) -> None:
         try:
             plan = kinesis.plan(kinesis.parse(entry, self.region))
-        except (ValueError, JsonRESTError):
+        except (ValueError, moto_adapter.ServiceError):
             return  # answered with an error when it was live, so it changed nothing then either
         kinesis.store(plan, entry, self.journal, frozenset(entry.extra.get("failed", ())))
         self._notify(entry)
@@ -263,7 +223,7 @@ class Gateway:
     def _apply(self, entry: Entry) -> Response:
         """Dispatch at a journaled instant, journal on success, tell observers; under the lock."""
         entry.extra["t"] = time.time()
-        with _moto_clock(entry.extra["t"]):
+        with moto_adapter.frozen_clock(entry.extra["t"]):
             response = self._dispatch(entry)
         if response.ok:
             if entry.query.startswith("uploads") and (found := _UPLOAD_ID.search(response.body)):
@@ -286,7 +246,7 @@ class Gateway:
         with self.lock:
             try:
                 plan = kinesis.plan(request)
-            except JsonRESTError as error:
+            except moto_adapter.ServiceError as error:
                 return _error_response(error)
             failed: frozenset[int] = frozenset()
             if request.operation == kinesis.PUT_RECORDS and self.faults.put_records_failure_rate:
@@ -316,8 +276,8 @@ class Gateway:
                         {
                             "ErrorCode": "ProvisionedThroughputExceededException",
                             "ErrorMessage": (
-                                f"Rate exceeded for shard {shard.shard_id} in stream "
-                                f"{plan.stream.stream_name} under account "
+                                f"Rate exceeded for shard {moto_adapter.shard_id(shard)} in stream "
+                                f"{moto_adapter.stream_name(plan.stream)} under account "
                                 f"{request.account_id} (injected fault)."
                             ),
                         }
@@ -353,47 +313,28 @@ class Gateway:
             lazy=True,
         )
         with self.lock:
-            self._s3_backend().get_bucket(bucket)  # raises MissingBucket before journaling
+            moto_adapter.require_bucket(self.region, bucket)  # raises before journaling
             entry.extra["t"] = time.time()
             self.journal.append(entry)
             self._store_object(entry)
             self._notify(entry)
 
-    def _s3_backend(self) -> Any:
-        return s3_backends[DEFAULT_ACCOUNT_ID][get_partition(self.region)]
-
     def _store_object(self, entry: Entry) -> None:
         """Apply a journaled `put_object` entry to moto's S3 backend, live and on replay alike.
 
-        What moto's PutObject handler does for these headers, minus parsing the request, copying
-        the body and hashing it: the body is a view of the journal, the ETag the journaled MD5.
+        The body is a view of the journal, the ETag the journaled MD5: no copy, no hashing.
         """
         bucket_name, quoted_key = entry.path.lstrip("/").split("/", 1)
-        backend = self._s3_backend()
-        with _moto_clock(entry.extra["t"]):
-            key = backend.put_object(
+        with moto_adapter.frozen_clock(entry.extra["t"]):
+            moto_adapter.store_object(
+                self.region,
                 bucket_name,
                 unquote(quoted_key),
-                b"",
-                storage="STANDARD",
+                self.journal.view(entry.offset, entry.size),
+                size=entry.size,
                 etag=entry.extra[_OBJECT_ETAG],
-                checksum_value=entry.header("X-Amz-Checksum-Crc32"),
-                disable_notification=True,
+                headers=dict(entry.headers),
             )
-            key._value_buffer.close()
-            key._value_buffer = self.journal.view(entry.offset, entry.size)
-            key.contentsize = entry.size
-            key.set_metadata(metadata_from_headers(dict(entry.headers)))
-            key.set_acl(backend.get_bucket(bucket_name).acl)  # a request without ACL headers
-            key.website_redirect_location = None
-            key.checksum_algorithm = entry.header("X-Amz-Sdk-Checksum-Algorithm")
-            notifications.send_event(
-                backend.account_id,
-                notifications.S3NotificationEvent.OBJECT_CREATED_PUT_EVENT,
-                backend.get_bucket(bucket_name),
-                key,
-            )
-            backend.put_object_tagging(key, {})
 
     def _dispatch(self, entry: Entry) -> Response:
         builder = EnvironBuilder(

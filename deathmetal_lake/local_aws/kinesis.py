@@ -17,21 +17,11 @@ import binascii
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import polars as pl
-from moto.core.utils import unix_time
-from moto.kinesis.exceptions import (
-    InvalidArgumentError,
-    RecordSizeExceedsLimit,
-    TooManyRecords,
-    TotalRecordsSizeExceedsLimit,
-)
-from moto.kinesis.models import KinesisBackend, Shard, Stream, kinesis_backends
-from moto.kinesis.responses import KinesisResponse
-from werkzeug.datastructures import Headers
 
+from deathmetal_lake.local_aws import moto_adapter
 from deathmetal_lake.local_aws.journal import Entry, Journal
 
 PUT_RECORD = "Kinesis_20131202.PutRecord"
@@ -44,8 +34,9 @@ _MAX_REQUEST_BYTES = 5_242_880
 class JournaledRecord:
     """A record in a moto shard whose payload stays in the journal (see the module docstring).
 
-    It offers what moto and delivery use of moto's own `Record`. A payload the journal does not
-    hold verbatim (a client that escaped characters of its base64) is kept `inline` instead.
+    It offers what moto and delivery use of moto's own `Record` (`moto_adapter.RECORD_ATTRIBUTES`).
+    A payload the journal does not hold verbatim (a client that escaped characters of its base64)
+    is kept `inline` instead.
     """
 
     __slots__ = (
@@ -79,7 +70,7 @@ class JournaledRecord:
         self.sequence_number = sequence_number
         self.explicit_hash_key = explicit_hash_key
         self.created_at_datetime = arrived
-        self.created_at = unix_time(arrived)
+        self.created_at = moto_adapter.unix_time(arrived)
         self.size = size
 
     @property
@@ -113,7 +104,7 @@ def payload(record: Any) -> bytes:
     """A record's bytes, whether stored here or by moto itself (records of a shard split)."""
     if isinstance(record, JournaledRecord):
         return record.payload()
-    return base64.b64decode(record.data)
+    return base64.b64decode(moto_adapter.record_base64(record))
 
 
 def payloads(records: list[Any]) -> list[bytes]:
@@ -124,7 +115,9 @@ def payloads(records: list[Any]) -> list[bytes]:
     anything else each record is decoded as `payload` does, so the bytes never differ.
     """
     encoded = [
-        record.encoded() if isinstance(record, JournaledRecord) else record.data.encode()
+        record.encoded()
+        if isinstance(record, JournaledRecord)
+        else moto_adapter.record_base64(record).encode()
         for record in records
     ]
     try:
@@ -137,7 +130,7 @@ def payload_size(record: Any) -> int:
     """A record's length in bytes, without reading a journaled payload back."""
     if isinstance(record, JournaledRecord):
         return record.size
-    return len(base64.b64decode(record.data))
+    return len(base64.b64decode(moto_adapter.record_base64(record)))
 
 
 @dataclass
@@ -154,12 +147,11 @@ class PutRequest:
 
 @dataclass
 class Plan:
-    """A validated request: the stream, each record's shard and payload size."""
+    """A validated request: the stream, each record's shard and payload size (moto's objects)."""
 
     request: PutRequest
-    backend: KinesisBackend
-    stream: Stream
-    shards: list[Shard]
+    stream: Any
+    shards: list[Any]
     sizes: list[int]
     results: list[dict[str, str]] = field(default_factory=list)
 
@@ -193,18 +185,6 @@ def _find(body: bytes, needle: bytes, start: int) -> int:
     return found
 
 
-def _context(entry: Entry, default_region: str) -> tuple[str, str]:
-    """The request's region and account, resolved the way moto resolves them."""
-    headers = Headers(entry.headers)
-    probe = KinesisResponse()
-    probe.headers = headers
-    probe.querystring = {}
-    full_url = f"http://{headers.get('Host', 'localhost')}{entry.path}"
-    probe.default_region = default_region
-    region = probe.get_region_from_url(SimpleNamespace(headers=headers), full_url)
-    return region, probe.get_current_account()
-
-
 def parse(entry: Entry, default_region: str) -> PutRequest:
     """Parse a PutRecord(s) request; needs no lock. Raises ValueError if it is not valid JSON."""
     params = json.loads(entry.body)
@@ -212,7 +192,9 @@ def parse(entry: Entry, default_region: str) -> PutRequest:
         raise ValueError("the request body is not a JSON object")
     operation = entry.header("X-Amz-Target") or ""
     records = [params] if operation == PUT_RECORD else params.get("Records") or []
-    region, account_id = _context(entry, default_region)
+    region, account_id = moto_adapter.kinesis_request_context(
+        entry.headers, entry.path, default_region
+    )
     return PutRequest(operation, params, records, _locate(entry.body, records), region, account_id)
 
 
@@ -225,9 +207,11 @@ def _decoded_size(data: str) -> int:
 
 def plan(request: PutRequest) -> Plan:
     """Validate against the current streams (under the gateway's lock); raises moto's errors."""
-    backend = kinesis_backends[request.account_id][request.region]
-    stream = backend.describe_stream(
-        stream_arn=request.params.get("StreamARN"), stream_name=request.params.get("StreamName")
+    stream = moto_adapter.kinesis_stream(
+        request.account_id,
+        request.region,
+        stream_arn=request.params.get("StreamARN"),
+        stream_name=request.params.get("StreamName"),
     )
     sizes = [
         _decoded_size(r.get("Data") or "") + len(r.get("PartitionKey") or "")
@@ -235,19 +219,19 @@ def plan(request: PutRequest) -> Plan:
     ]
     if request.operation == PUT_RECORDS:
         if len(request.records) > _MAX_RECORDS:
-            raise TooManyRecords
+            raise moto_adapter.too_many_records()
         if sum(sizes) > _MAX_REQUEST_BYTES:
-            raise TotalRecordsSizeExceedsLimit
+            raise moto_adapter.request_too_large()
         for position, size in enumerate(sizes, start=1):
             if size > _MAX_RECORD_BYTES:
-                raise RecordSizeExceedsLimit(position=position)
-    shards = []
-    for record in request.records:
-        shard = stream.get_shard_for_key(record.get("PartitionKey"), record.get("ExplicitHashKey"))
-        if shard is None:
-            raise InvalidArgumentError("explicit_hash_key")
-        shards.append(shard)
-    return Plan(request, backend, stream, shards, sizes)
+                raise moto_adapter.record_too_large(position)
+    shards = [
+        moto_adapter.shard_for_key(
+            stream, record.get("PartitionKey"), record.get("ExplicitHashKey")
+        )
+        for record in request.records
+    ]
+    return Plan(request, stream, shards, sizes)
 
 
 def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) -> None:
@@ -264,8 +248,8 @@ def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) ->
             continue
         if isinstance(location, tuple):
             location = (entry.offset + location[0], location[1])
-        sequence_number = next(reversed(shard.records), 0) + 1
-        shard.records[sequence_number] = JournaledRecord(  # type: ignore[assignment]
+        sequence_number = moto_adapter.last_sequence_number(shard) + 1
+        record_in_journal = JournaledRecord(
             journal,
             location,
             partition_key=record.get("PartitionKey"),
@@ -274,8 +258,14 @@ def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) ->
             arrived=arrived,
             size=plan.sizes[index] - len(record.get("PartitionKey") or ""),
         )
-        plan.results.append({"SequenceNumber": str(sequence_number), "ShardId": shard.shard_id})
+        moto_adapter.append_record(shard, record_in_journal)
+        shard_id = moto_adapter.shard_id(shard)
+        plan.results.append({"SequenceNumber": str(sequence_number), "ShardId": shard_id})
         incoming += plan.sizes[index]
-    plan.backend._send_stream_metrics(
-        plan.stream.stream_name, incoming_bytes=incoming, incoming_records=len(plan.results)
+    moto_adapter.count_put(
+        plan.request.account_id,
+        plan.request.region,
+        plan.stream,
+        incoming_bytes=incoming,
+        incoming_records=len(plan.results),
     )
