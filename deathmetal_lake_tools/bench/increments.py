@@ -107,16 +107,18 @@ def breakdown(steps: list[Step], runs: list[dict[str, Any]], timed: dict[str, An
             layers[step.group] = layers.get(step.group, 0.0) + step.seconds
     starts = [r["start"] for r in runs if r["start"]]
     in_runs = sum(r["seconds"] or 0.0 for r in runs)
-    step_seconds = sum(s.seconds for s in steps)
+    # Interpreter start, imports, definitions, planning (and the emulator, if it starts it).
+    before = (min(starts) - timed["began"]) if starts else timed["wall_seconds"]
     return {
         "runs": len(runs),
         "steps": len(steps),
-        "layers": {name: layers[name] for name in ordered_layers(set(layers)) if name in layers},
+        "layers": {name: layers[name] for name in ordered_layers(set(layers))},
         "checks": dict(sorted(checks.items())),
-        # Interpreter start, imports, definitions, planning (and the emulator, if it starts it).
-        "before_first_run": (min(starts) - timed["began"]) if starts else timed["wall_seconds"],
-        "in_runs_outside_steps": in_runs - step_seconds,
-        "outside_runs": timed["wall_seconds"] - in_runs,
+        "before_first_run": before,
+        # Run start-up, step planning and event writes inside the runs.
+        "in_runs_outside_steps": in_runs - sum(s.seconds for s in steps),
+        # Creating the next run, reading the instance between runs, and the process's exit.
+        "between_and_after_runs": timed["wall_seconds"] - before - in_runs,
     }
 
 
