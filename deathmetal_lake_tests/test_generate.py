@@ -233,3 +233,12 @@ def test_replace_changes_some_rows_and_drops_others(small: Path) -> None:
     assert len(changed) == made.changed_ids
     assert all(kept[r["id"]] == {**r, "country": kept[r["id"]]["country"]} for r in changed)
     assert [r["id"] for r in after] == [r["id"] for r in before if r["id"] in kept]
+
+
+def test_increment_command_is_the_documented_one(small: Path) -> None:
+    command = next(line for line in gen.__doc__.splitlines() if "--increment append" in line)
+    args = shlex.split(command)[3:]
+    out = args.index("--out")
+    assert gen.main([*args[:out], *args[out + 2 :], "--out", str(small)]) == 0
+    tag = args[args.index("--tag") + 1]
+    assert len(_rows(small / f"reviews_{tag}.csv")) == 1000

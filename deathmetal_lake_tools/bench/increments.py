@@ -41,7 +41,8 @@ from deathmetal_lake_tools.generate import (
     update_reviews,
 )
 
-# name, what it writes, the silver table it changes, and how that table's rows should move.
+# Each increment: its name, how it is written into a CSV folder (with the seed), and the silver
+# table whose rows it changes.
 INCREMENTS: tuple[tuple[str, Callable[[Path, int], IncrementFile], str], ...] = (
     ("append", lambda csv_dir, seed: append_reviews(csv_dir, "append", seed), "silver.reviews"),
     ("update", lambda csv_dir, seed: update_reviews(csv_dir, "update", seed), "silver.reviews"),

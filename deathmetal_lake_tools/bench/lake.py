@@ -154,6 +154,7 @@ def stage(
     windows: list[tuple[float, float]],
     sampler: PeakSampler,
 ) -> dict[str, Any]:
+    """One stage's figures: its seconds, what it read, and each process's peak RSS meanwhile."""
     return {
         "seconds": seconds,
         "input_bytes": input_bytes,
@@ -176,7 +177,10 @@ def _gaps(steps: list[Step], whole: tuple[float, float]) -> list[tuple[float, fl
     return gaps
 
 
-def _landing_stages(landing: list[Step], source_bytes: int, rows: int, sampler: PeakSampler):
+def _landing_stages(
+    landing: list[Step], source_bytes: int, rows: int, sampler: PeakSampler
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Landing's send, Firehose's delivery and both, and the JSON bytes landing sent."""
     for step in landing:
         if "send_seconds" not in step.metadata or "delivery_seconds" not in step.metadata:
             raise BenchError(f"landing step {step.key} recorded no send/delivery seconds")
@@ -268,7 +272,9 @@ def stored_bytes(settings: LakeSettings) -> dict[str, int]:
     return stored
 
 
-def table_rows(settings: LakeSettings, layers: tuple[str, ...] = ("silver", "quarantine")) -> dict:
+def table_rows(
+    settings: LakeSettings, layers: tuple[str, ...] = ("silver", "quarantine")
+) -> dict[str, int]:
     """Rows per table (`silver.reviews`), whether a table is one Parquet file or a folder."""
     import boto3
     import polars as pl

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deathmetal_lake.datasets import DATASETS
+from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake_tools.bench import floors as floor_module
 from deathmetal_lake_tools.bench.common import MB, median
 from deathmetal_lake_tools.bench.emulator import embedded_aws, lake_settings, polars_s3_options
@@ -21,7 +22,9 @@ from deathmetal_lake_tools.bench.report import STAGE_INPUT, summarize, targets
 from deathmetal_lake_tools.generate import generate
 
 
-def _floors(csv_dir: Path, rep_dir: Path, settings: Any, sampler: PeakSampler, rows: int) -> dict:
+def _floors(
+    csv_dir: Path, rep_dir: Path, settings: LakeSettings, sampler: PeakSampler, rows: int
+) -> dict[str, Any]:
     import boto3
 
     local_root = rep_dir / "floor"
