@@ -17,9 +17,9 @@ the contract's columns and the source's shape and quirks:
 Deliberate oddities give the silver layer's quarantine something to do. Per file, and at least one
 of each kind, at fixed rates: exact duplicate source rows (same id twice, adjacent) at
 `DUPLICATE_RATE`; orphan foreign keys (`albums.band` not in `bands.id`, `reviews.album` not in
-`albums.id`, always above the referenced table's largest id) at `ORPHAN_RATE`; rule-breaking rows at
-`INVALID_RATE` (see `sources._INVALID`: a score of 105, -3 or none, a year of 1850 or `unknown`, an empty
-album title or band name). Ids are 1..n in file order.
+`albums.id`, always above the referenced table's largest id) at `ORPHAN_RATE`; rule-breaking rows
+at `INVALID_RATE` (see `sources._INVALID`: a score of 105, -3 or none, a year of 1850 or
+`unknown`, an empty album title or band name). Ids are 1..n in file order.
 
 At scale 1 the sizes are about those of the real dataset (`BASE_ROWS`, about 15 MB); sizes scale
 linearly. The same seed and scale give byte-identical files (for a given CPython `random`). Rows are
