@@ -1,4 +1,5 @@
-"""The generator's promises: deterministic, contract-shaped CSVs with the source's quirks."""
+"""The generator's promises: deterministic, contract-shaped CSVs with the source's quirks, and
+increment files whose effect on silver is known."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from deathmetal_lake import generate as gen
 from deathmetal_lake.datasets import DATASETS_BY_NAME
+from deathmetal_lake_tools import generate as gen
+from deathmetal_lake_tools.generate import sources
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "csv"
 NAMES = ("albums", "bands", "reviews")
@@ -99,7 +101,7 @@ def test_source_quirks(moderate: tuple[Path, dict[str, int]], parsed: dict) -> N
     assert any(a.endswith("-present") for a in active)
     assert any("|" in a and a.endswith("-present") for a in active)
     assert any(a.startswith("?-") for a in active) and any(a.endswith("-?") for a in active)
-    assert {b["status"] for b in parsed["bands"]} == set(gen._STATUSES)
+    assert {b["status"] for b in parsed["bands"]} == set(sources._STATUSES)
     assert any(not b["name"].isascii() for b in parsed["bands"])
     raw = (moderate[0] / "reviews.csv").read_bytes()
     assert raw.count(b"\n") > len(content) + 1  # newlines inside quoted fields
@@ -148,10 +150,95 @@ def test_score_and_year_distributions(parsed: dict) -> None:
 
 def test_committed_sample_is_what_the_documented_command_writes(tmp_path: Path) -> None:
     command = next(
-        line for line in gen.__doc__.splitlines() if "-m deathmetal_lake.generate" in line
+        line
+        for line in gen.__doc__.splitlines()
+        if "-m deathmetal_lake_tools.generate --scale" in line
     )
     args = shlex.split(command)[3:]
     out = args.index("--out")
     gen.main([*args[:out], *args[out + 2 :], "--out", str(tmp_path)])
     assert _bytes(tmp_path) == _bytes(SAMPLE_DIR)
     assert sum(len(b) for b in _bytes(SAMPLE_DIR).values()) < 2_000_000
+
+
+@pytest.fixture()
+def small(tmp_path: Path) -> Path:
+    out = tmp_path / "small"
+    gen.generate(out, 0.05, 11)
+    return out
+
+
+def test_increments_are_deterministic(tmp_path: Path) -> None:
+    made = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        gen.generate(out, 0.05, 5)
+        gen.append_reviews(out, "a", 5)
+        gen.update_reviews(out, "u", 5)
+        gen.replace_file(out, "bands", 5)
+        made.append({p.name: p.read_bytes() for p in sorted(out.glob("*.csv"))})
+    assert made[0] == made[1]
+    assert sorted(made[0]) == [
+        "albums.csv",
+        "bands.csv",
+        "reviews.csv",
+        "reviews_a.csv",
+        "reviews_u.csv",
+    ]
+
+
+def test_append_adds_new_review_ids_about_existing_albums(small: Path) -> None:
+    made = gen.append_reviews(small, "2026-12", 1)
+    assert made.path == small / "reviews_2026-12.csv"
+    assert (made.rows, made.new_ids, made.changed_ids, made.removed_ids) == (1000, 1000, 0, 0)
+    rows = _rows(made.path)
+    assert made.path.read_bytes().split(b"\n", 1)[0].decode() == ",".join(
+        DATASETS_BY_NAME["reviews"].columns
+    )
+    old_ids = {int(r["id"]) for r in _rows(small / "reviews.csv")}
+    new_ids = [int(r["id"]) for r in rows]
+    assert len(set(new_ids)) == 1000 and min(new_ids) > max(old_ids)
+    albums = {r["id"] for r in _rows(small / "albums.csv")}
+    assert all(r["album"] in albums for r in rows)
+    assert all(0 <= int(r["score"]) <= 100 and r["content"] and r["title"] for r in rows)
+    assert not list(small.glob("*.partial"))
+
+
+def test_update_gives_existing_reviews_a_new_score_on_the_same_album(small: Path) -> None:
+    old = {}
+    for r in _rows(small / "reviews.csv"):
+        old.setdefault(r["id"], []).append(r)
+    made = gen.update_reviews(small, "fix", 2)
+    assert (made.rows, made.new_ids, made.changed_ids, made.removed_ids) == (1000, 0, 1000, 0)
+    rows = _rows(made.path)
+    assert len({r["id"] for r in rows}) == 1000
+    for row in rows:
+        (before,) = old[row["id"]]  # an id the base file holds once
+        assert row["album"] == before["album"]
+        assert row["score"] != before["score"] and 0 <= int(row["score"]) <= 100
+        assert 0 <= int(before["score"]) <= 100  # its old version was valid too
+
+
+def test_replace_changes_some_rows_and_drops_others(small: Path) -> None:
+    before = _rows(small / "bands.csv")
+    made = gen.replace_file(small, "bands", 3)
+    after = _rows(small / "bands.csv")
+    assert made.path == small / "bands.csv"
+    assert made.changed_ids >= 1 and made.removed_ids >= 1
+    assert len(after) == made.rows == len(before) - made.removed_ids
+    kept = {r["id"]: r for r in after}
+    gone = [r for r in before if r["id"] not in kept]
+    assert len(gone) == made.removed_ids
+    changed = [r for r in before if r["id"] in kept and kept[r["id"]] != r]
+    assert len(changed) == made.changed_ids
+    assert all(kept[r["id"]] == {**r, "country": kept[r["id"]]["country"]} for r in changed)
+    assert [r["id"] for r in after] == [r["id"] for r in before if r["id"] in kept]
+
+
+def test_increment_command_is_the_documented_one(small: Path) -> None:
+    command = next(line for line in gen.__doc__.splitlines() if "--increment append" in line)
+    args = shlex.split(command)[3:]
+    out = args.index("--out")
+    assert gen.main([*args[:out], *args[out + 2 :], "--out", str(small)]) == 0
+    tag = args[args.index("--tag") + 1]
+    assert len(_rows(small / f"reviews_{tag}.csv")) == 1000

@@ -1,45 +1,15 @@
-"""Deterministic generator of source CSVs shaped like the Kaggle "Death Metal" dataset.
+"""The three full source files: rows drawn from the source's distributions, with its quirks.
 
-The real dataset (scraped from Metal-Archives) cannot be redistributed, and the lake needs inputs of
-any size for tests and benchmarks, so this writes `albums.csv`, `bands.csv` and `reviews.csv` with
-the contract's columns and the source's shape and quirks:
-
-- `|` where the source had commas inside names and album titles (`Blood| Guts and Bones`); genre
-  and theme are `|`-separated lists (`Death Metal|Grindcore`, `Gore|Death|Horror`);
-- `N/A` for unknown countries, formed_in, themes and active periods; active periods such as
-  `1989-1993|2004-present`, `?-1995`, `1988-?` and `1987-1989 (as Name)|1989-present`;
-- Metal-Archives country names (`United States`, `United Kingdom`) weighted as in death metal, and
-  UTF-8 names (Scandinavian, Portuguese, French, Polish, Cyrillic, Japanese);
-- review titles and content with commas and double quotes, content with embedded LF or CRLF, quoted
-  per RFC 4180 by the csv module (QUOTE_MINIMAL); records end with LF;
-- scores are integers 0-100, mean about 78 and median about 81, with peaks at multiples of 5 and 10.
-
-Deliberate oddities give the silver layer's quarantine something to do. Per file, and at least one
-of each kind, at fixed rates: exact duplicate source rows (same id twice, adjacent) at
-`DUPLICATE_RATE`; orphan foreign keys (`albums.band` not in `bands.id`, `reviews.album` not in
-`albums.id`, always above the referenced table's largest id) at `ORPHAN_RATE`; rule-breaking rows at
-`INVALID_RATE` (see `_INVALID`: a score of 105, -3 or none, a year of 1850 or `unknown`, an empty
-album title or band name). Ids are 1..n in file order.
-
-At scale 1 the sizes are about those of the real dataset (`BASE_ROWS`, about 15 MB); sizes scale
-linearly. The same seed and scale give byte-identical files (for a given CPython `random`). Rows are
-written in chunks, so memory stays bounded at any scale, and each file is written under a
-`.partial` name and renamed when complete so a watching sensor never sees half a file.
-
-The committed sample in `csv/` was produced by:
-
-    python -m deathmetal_lake.generate --scale 0.1 --seed 42 --out csv/
+`deathmetal_lake_tools.generate` describes the shapes and oddities; this module draws them.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import math
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,13 +359,16 @@ def _reviews(rng: random.Random, counts: dict[str, int]) -> Iterator[list[Row]]:
             album = 1 + int(n_albums * rand() ** 1.5)
             if i in odd.orphans:
                 album += n_albums
-            picked = choices(sentences, k=length)
-            if brk:
-                content = brk.join(" ".join(picked[j : j + 3]) for j in range(0, length, 3))
-            else:
-                content = " ".join(picked)
+            content = _content(choices(sentences, k=length), brk)
             _emit(rows, [i + 1, album, title, score, content], i, odd, rng, "reviews")
         yield rows
+
+
+def _content(sentences: list[str], paragraph_break: str) -> str:
+    """A review's text: its sentences in paragraphs of three, or one paragraph if no break."""
+    if not paragraph_break:
+        return " ".join(sentences)
+    return paragraph_break.join(" ".join(sentences[j : j + 3]) for j in range(0, len(sentences), 3))
 
 
 def _emit(rows: list[Row], row: Row, i: int, odd: _Oddities, rng: random.Random, name: str) -> None:
@@ -436,20 +409,3 @@ def generate(out_dir: Path, scale: float, seed: int) -> dict[str, int]:
                 written[name] += len(chunk)
         os.replace(partial, path)
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="1 = the real dataset's size")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=Path("csv"))
-    args = parser.parse_args(argv)
-    began = time.perf_counter()
-    written = generate(args.out, args.scale, args.seed)
-    size = sum((args.out / f"{name}.csv").stat().st_size for name in written)
-    rows = ", ".join(f"{name} {count:,}" for name, count in written.items())
-    print(f"{rows} rows; {size / 1e6:.1f} MB in {time.perf_counter() - began:.1f} s -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()
