@@ -21,21 +21,24 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from deathmetal_lake import producer
 from deathmetal_lake.datasets import DATASETS_BY_NAME, Dataset
-from deathmetal_lake.encoding import LineBatch, encode_plain, plain_records
 from deathmetal_lake.producer import (
     MAX_CALL_BYTES,
     MAX_CALL_RECORDS,
     MAX_RECORD_BYTES,
     DeliveryError,
+    Destination,
     IngestReport,
     RetryPolicy,
-    RowEncoder,
+    SendOptions,
+    Shipment,
     SourceFileError,
+    check_source,
+    encoding,
     ingest,
-    preflight,
 )
+from deathmetal_lake.producer.blocks import LineBatch, plain_records
+from deathmetal_lake.producer.encoding import RowEncoder, encode_plain
 from deathmetal_lake.sources import ingest_key
 
 BUCKET = "csv-batch-bucket"
@@ -133,20 +136,17 @@ def run_ingest(
     dataset: Dataset = REVIEWS,
     source_file: str = "reviews.csv",
     kinesis: Any = None,
+    expected_hash: str | None = None,
     **options: Any,
 ) -> IngestReport:
     """Ingest `data` as a file dropped under `source_file`."""
     path = tmp_path / source_file
     path.write_bytes(data)
+    ingest_id = ingest_key(source_file, hashlib.sha256(data).hexdigest())
     return ingest(
-        lambda: path.open("rb"),
-        dataset=dataset,
-        source_file=source_file,
-        ingest_id=ingest_key(source_file, hashlib.sha256(data).hexdigest()),
-        kinesis_client=kinesis or aws.kinesis,
-        s3_client=aws.s3,
-        bucket=BUCKET,
-        **options,
+        Shipment(lambda: path.open("rb"), source_file, ingest_id, dataset, expected_hash),
+        Destination(kinesis or aws.kinesis, aws.s3, BUCKET),
+        SendOptions(**options),
     )
 
 
@@ -218,13 +218,13 @@ def test_source_can_be_an_s3_object(aws: Aws) -> None:
     aws.s3.put_object(Bucket=BUCKET, Key="raw/reviews.csv", Body=data)
 
     report = ingest(
-        lambda: aws.s3.get_object(Bucket=BUCKET, Key="raw/reviews.csv")["Body"],
-        dataset=REVIEWS,
-        source_file="reviews.csv",
-        ingest_id="reviews-s3",
-        kinesis_client=aws.kinesis,
-        s3_client=aws.s3,
-        bucket=BUCKET,
+        Shipment(
+            lambda: aws.s3.get_object(Bucket=BUCKET, Key="raw/reviews.csv")["Body"],
+            "reviews.csv",
+            "reviews-s3",
+            REVIEWS,
+        ),
+        Destination(aws.kinesis, aws.s3, BUCKET),
     )
 
     assert report.rows == 1
@@ -284,12 +284,16 @@ def test_utf8_is_checked_across_chunk_boundaries() -> None:
     """A character cut in two between reads (at 1 MiB) is fine; a bad byte's offset is exact."""
     start = HEADER + b"1,1,t,1,"
     data = start + b"x" * ((1 << 20) - 1 - len(start)) + "ö".encode() + b"\n"
-    info = preflight(lambda: io.BytesIO(data), dataset=REVIEWS, source_file="reviews.csv")
+    info = check_source(
+        lambda: io.BytesIO(data), dataset=REVIEWS, source_file="reviews.csv"
+    ).accepted()
     assert info.byte_size == len(data) == (1 << 20) + 2
 
     broken = data + b"2,1,t,2,caf\xe9\n"
     with pytest.raises(SourceFileError) as raised:
-        preflight(lambda: io.BytesIO(broken), dataset=REVIEWS, source_file="reviews.csv")
+        check_source(
+            lambda: io.BytesIO(broken), dataset=REVIEWS, source_file="reviews.csv"
+        ).accepted()
     offset = len(data) + len(b"2,1,t,2,caf")
     assert f"byte 0xE9 at byte offset {offset} (line 3, data row 2)" in str(raised.value)
 
@@ -526,13 +530,8 @@ def test_a_file_changed_between_the_two_reads_is_refused(aws: Aws) -> None:
 
     with pytest.raises(SourceFileError, match="changed while it was being ingested"):
         ingest(
-            lambda: io.BytesIO(next(versions)),
-            dataset=REVIEWS,
-            source_file="reviews.csv",
-            ingest_id="reviews-x",
-            kinesis_client=aws.kinesis,
-            s3_client=aws.s3,
-            bucket=BUCKET,
+            Shipment(lambda: io.BytesIO(next(versions)), "reviews.csv", "reviews-x", REVIEWS),
+            Destination(aws.kinesis, aws.s3, BUCKET),
         )
 
 
@@ -588,7 +587,7 @@ def test_preflight_and_encoder_stream_in_bounded_memory(
     gc.collect()  # earlier tests' garbage: finalizers run by a collection are not the encoder's
     tracemalloc.start()
     try:
-        info = preflight(open_source, dataset=REVIEWS, source_file="reviews.csv")
+        info = check_source(open_source, dataset=REVIEWS, source_file="reviews.csv").accepted()
         encoder = RowEncoder(info.header, source_file="reviews.csv", ingest_id="reviews-x")
         with open_source() as source:
             if method == "lines":
@@ -610,8 +609,8 @@ def encode_both(
 ) -> tuple[RowEncoder, list[bytes], RowEncoder, list[bytes], int]:
     """The lines of `data` through the csv module alone and through `batches`, whose blocks
     are `block_bytes` long; also how many rows Polars encoded."""
-    monkeypatch.setattr(producer, "_BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(producer, "_MAX_BLOCK_BYTES", 4 * block_bytes)
+    monkeypatch.setattr(encoding, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(encoding, "_MAX_BLOCK_BYTES", 4 * block_bytes)
     fast_rows = 0
 
     def counting_encode_plain(*args: Any, **kwargs: Any) -> LineBatch | None:
@@ -620,7 +619,7 @@ def encode_both(
         fast_rows += len(batch) if batch else 0
         return batch
 
-    monkeypatch.setattr(producer, "encode_plain", counting_encode_plain)
+    monkeypatch.setattr(encoding, "encode_plain", counting_encode_plain)
     options = {"source_file": "reviews.csv", "ingest_id": "reviews-0123456789ab"}
     reference = RowEncoder(header, **options)
     expected = list(reference.lines(io.BytesIO(data)))
@@ -718,7 +717,7 @@ def test_fast_path_gives_the_lines_of_the_csv_module_on_the_sample(
 ) -> None:
     data = (SAMPLE_CSV_DIR / name).read_bytes()
     dataset = DATASETS_BY_NAME[name.removesuffix(".csv")]
-    info = preflight(lambda: io.BytesIO(data), dataset=dataset, source_file=name)
+    info = check_source(lambda: io.BytesIO(data), dataset=dataset, source_file=name).accepted()
 
     reference, expected, fast, lines, fast_rows = encode_both(
         data, info.header, monkeypatch, 1 << 16
