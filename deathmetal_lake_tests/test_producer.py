@@ -39,7 +39,7 @@ from deathmetal_lake.producer import (
 )
 from deathmetal_lake.producer.blocks import LineBatch, plain_records
 from deathmetal_lake.producer.encoding import RowEncoder, encode_plain
-from deathmetal_lake.sources import ingest_key
+from deathmetal_lake.sources import SourceFile, ingest_key, locate
 
 BUCKET = "csv-batch-bucket"
 REVIEWS = DATASETS_BY_NAME["reviews"]
@@ -539,6 +539,82 @@ def test_expected_hash_is_checked_before_sending(aws: Aws, tmp_path: Path) -> No
     with pytest.raises(SourceFileError, match="the file changed after its ingest id was made"):
         run_ingest(aws, tmp_path, HEADER + b"1,1,a,1,x\n", expected_hash="0" * 64)
     assert landed_lines(aws.kinesis) == []
+
+
+def counted_source(name: str, data: bytes, opens: list[str]) -> SourceFile:
+    """A source file in memory that notes every time it is opened."""
+
+    def open_source() -> BinaryIO:
+        opens.append(name)
+        return io.BytesIO(data)
+
+    return SourceFile(name, f"memory://{name}", str(len(data)), open_source)
+
+
+def test_landing_reads_a_file_twice_finding_it_with_its_preflight(aws: Aws) -> None:
+    """Pre-flight is the read that finds the version a key names; sending is the second read."""
+    data = HEADER + b'1,1,a,1,"x, y"\n2,1,b,2,ok\n'
+    key = ingest_key("reviews.csv", hashlib.sha256(data).hexdigest())
+    opens: list[str] = []
+    candidates = [
+        counted_source("reviews.csv", HEADER + b"9,9,older,9,version\n", opens),
+        counted_source("reviews.csv", data, opens),
+    ]
+
+    source, checked = locate(
+        key,
+        candidates,
+        read=lambda c: check_source(c.open, dataset=REVIEWS, source_file=c.name),
+    )
+    report = ingest(
+        Shipment(source.open, source.name, key, REVIEWS),
+        Destination(aws.kinesis, aws.s3, BUCKET),
+        checked=checked,
+    )
+
+    assert source is candidates[1]
+    assert opens == ["reviews.csv"] * 3, "one read of the other version, two of this one"
+    assert report.content_hash == checked.content_hash == hashlib.sha256(data).hexdigest()
+    assert [line["title"] for line in landed_lines(aws.kinesis)] == ["a", "b"]
+
+
+def test_a_refused_version_is_still_located_and_refused_with_its_reason(aws: Aws) -> None:
+    data = b"id,album,title,content\n1,2,t,c\n"
+    key = ingest_key("reviews.csv", hashlib.sha256(data).hexdigest())
+
+    source, checked = locate(
+        key,
+        [counted_source("reviews.csv", data, [])],
+        read=lambda c: check_source(c.open, dataset=REVIEWS, source_file=c.name),
+    )
+
+    assert checked.content_hash == hashlib.sha256(data).hexdigest()
+    with pytest.raises(SourceFileError, match="missing required column"):
+        ingest(
+            Shipment(source.open, source.name, key, REVIEWS),
+            Destination(aws.kinesis, aws.s3, BUCKET),
+            checked=checked,
+        )
+    assert landed_lines(aws.kinesis) == []
+
+
+def test_fields_over_the_csv_default_limit_parse_without_changing_it_for_the_process(
+    aws: Aws, tmp_path: Path
+) -> None:
+    long_review = "ü" * 200_000  # over the csv module's default of 128 Ki characters
+    data = csv_bytes(
+        [["id", "album", "title", "score", "content"], ["1", "2", "t", "3", long_review]]
+    )
+    limit_before = csv.field_size_limit()
+
+    report = run_ingest(aws, tmp_path, data)
+
+    assert csv.field_size_limit() == limit_before
+    with pytest.raises(csv.Error, match="field larger than field limit"):
+        list(csv.reader(io.StringIO(data.decode(), newline="")))
+    [line] = landed_lines(aws.kinesis)
+    assert line["content"] == long_review
+    assert report.parse_error_rows == 0
 
 
 ROW_TEMPLATE = b'%d,%d,"title, %d",%d,"' + b"z" * 400 + b' ""quoted""\r\nsecond line"\n'

@@ -135,11 +135,7 @@ def ingest(
         info.header, source_file=shipment.source_file, ingest_id=shipment.ingest_id
     )
     oversize = OversizeRows(
-        destination.s3_client,
-        destination.bucket,
-        shipment.dataset.errors_prefix,
-        shipment.source_file,
-        shipment.ingest_id,
+        destination.s3_client, destination.bucket, shipment.dataset.errors_prefix, encoder
     )
     with shipment.open() as source:
         hashing = HashingReader(source)
@@ -153,29 +149,21 @@ def ingest(
                 to_errors=oversize.write,
             )
     if sent.failed_records:
-        raise delivery_error(
-            sent,
-            rows=encoder.rows,
-            oversize=len(oversize.written),
-            source_file=shipment.source_file,
-            stream_name=shipment.dataset.stream_name,
-            ingest_id=shipment.ingest_id,
-            max_attempts=options.retry.max_attempts,
-        )
+        raise delivery_error(sent, oversize, shipment.dataset.stream_name, options.retry)
     _check_unchanged(shipment, info, hashing.digest.hexdigest())
     return IngestReport(
         source_file=shipment.source_file,
         ingest_id=shipment.ingest_id,
         content_hash=info.content_hash,
         source_bytes=info.byte_size,
-        rows=encoder.rows,
         columns=info.header,
+        rows=encoder.rows,
+        parse_error_rows=encoder.parse_error_rows,
+        oversize_rows=tuple(oversize.written),
         bytes=sent.bytes,
         records=sent.records,
         put_calls=sent.calls,
         resent_records=sent.resent,
-        parse_error_rows=encoder.parse_error_rows,
-        oversize_rows=tuple(oversize.written),
         seconds=time.monotonic() - started,
     )
 

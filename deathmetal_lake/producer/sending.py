@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from deathmetal_lake.producer.blocks import LineBatch
-from deathmetal_lake.producer.encoding import encode_json
+from deathmetal_lake.producer.encoding import RowEncoder, encode_json
 from deathmetal_lake.producer.errors import DeliveryError
 from deathmetal_lake.rows import INGEST_ID, SOURCE_FILE, SOURCE_ROW
 
@@ -94,18 +94,19 @@ class OversizeRows:
     s3_client: Any
     bucket: str
     errors_prefix: str
-    source_file: str
-    ingest_id: str
+    encoder: RowEncoder
+    """The encoder of the lines: it names their file and ingest."""
     written: list[OversizeRow] = field(default_factory=list)
 
     def write(self, row_no: int, line: bytes, limit: int) -> None:
-        key = f"{self.errors_prefix}producer/{self.ingest_id}/row-{row_no}.json"
+        ingest_id = self.encoder.ingest_id
+        key = f"{self.errors_prefix}producer/{ingest_id}/row-{row_no}.json"
         body = {
             "reason": f"the row's JSON line is {len(line):,} bytes; a Kinesis record holds "
             f"at most {limit:,} next to its partition key",
-            SOURCE_FILE: self.source_file,
+            SOURCE_FILE: self.encoder.source_file,
             SOURCE_ROW: row_no,
-            INGEST_ID: self.ingest_id,
+            INGEST_ID: ingest_id,
             "bytes": len(line),
             "line": line.decode().removesuffix("\n"),
         }
@@ -323,24 +324,18 @@ def send_lines(
 
 
 def delivery_error(
-    sent: Sent,
-    *,
-    rows: int,
-    oversize: int,
-    source_file: str,
-    stream_name: str,
-    ingest_id: str,
-    max_attempts: int,
+    sent: Sent, oversize: OversizeRows, stream_name: str, retry: RetryPolicy
 ) -> DeliveryError:
     """The error for an ingest whose records ran out of attempts: what did not arrive, and why."""
+    encoder = oversize.encoder
     code, message = sent.error or ("", "")
-    not_sent = rows - sent.rows - oversize
+    not_sent = encoder.rows - sent.rows - len(oversize.written)
     return DeliveryError(
-        f"{source_file}: {not_sent:,} of {rows:,} rows were not delivered to Kinesis "
-        f"stream {stream_name}: {sent.failed_records} record(s) still failed after "
-        f"{max_attempts} attempt(s) each, and sending stopped there (first error: "
-        f"{code}: {message}). Ingest {ingest_id} is incomplete: run it again with the same "
-        "ingest id; rows delivered twice are removed in bronze",
+        f"{encoder.source_file}: {not_sent:,} of {encoder.rows:,} rows were not delivered to "
+        f"Kinesis stream {stream_name}: {sent.failed_records} record(s) still failed after "
+        f"{retry.max_attempts} attempt(s) each, and sending stopped there (first error: "
+        f"{code}: {message}). Ingest {encoder.ingest_id} is incomplete: run it again with the "
+        "same ingest id; rows delivered twice are removed in bronze",
         rows_not_sent=not_sent,
         error_code=code,
         error_message=message,
