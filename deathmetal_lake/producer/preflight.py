@@ -53,8 +53,9 @@ def check_source(
 
     The file is UTF-8 (with or without a BOM), no quoted field is still open at its end, and
     its header has every column the dataset requires; extra columns are kept and the column
-    order does not matter. A problem does not raise here: `accepted()` does. Only to say in
-    which row a bad byte or an unterminated quote is does this read the file again.
+    order does not matter. A problem does not raise here: `accepted()` does. The file is read
+    again only if it has bytes that are not UTF-8 or an odd number of quotes: the csv module then
+    says in which row they are, and whether a quote is still open.
     """
     scan = _Scan(dataset, source_file)
     with open_source() as source:
