@@ -20,7 +20,8 @@ from typing import Any
 
 import polars as pl
 
-_PROVENANCE_SCHEMA = {"_ingest_id": pl.String, "_source_row": pl.Int64}
+from deathmetal_lake.rows import INGEST_ID, ROW_ID_SCHEMA, SOURCE_ROW
+
 # S3 LastModified has one-second resolution and hosts' clocks drift: look a little further back.
 _CLOCK_SLACK = timedelta(seconds=30)
 
@@ -37,7 +38,7 @@ class Arrival:
     seconds: float = 0.0
     _pending: list[pl.Series] = field(default_factory=list, repr=False)
     _seen_rows: pl.Series = field(
-        default_factory=lambda: pl.Series("_source_row", [], pl.Int64), repr=False
+        default_factory=lambda: pl.Series(SOURCE_ROW, [], ROW_ID_SCHEMA[SOURCE_ROW]), repr=False
     )
 
     @property
@@ -66,7 +67,7 @@ class Arrival:
         return expected_rows - self._distinct.filter(self._distinct <= expected_rows).len()
 
     def first_missing(self, expected_rows: int, limit: int = 10) -> list[int]:
-        expected = pl.int_range(1, expected_rows + 1, dtype=pl.Int64, eager=True)
+        expected = pl.int_range(1, expected_rows + 1, dtype=ROW_ID_SCHEMA[SOURCE_ROW], eager=True)
         return expected.filter(~expected.is_in(self._distinct.implode())).head(limit).to_list()
 
     def record(self, key: str, rows: pl.Series) -> None:
@@ -164,8 +165,8 @@ class DeliveryWatcher:
 
     def _read(self, key: str) -> None:
         body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
-        lines = pl.read_ndjson(io.BytesIO(body), schema=_PROVENANCE_SCHEMA)
-        mine = lines.filter(pl.col("_ingest_id") == self._ingest_id)["_source_row"]
+        lines = pl.read_ndjson(io.BytesIO(body), schema=ROW_ID_SCHEMA)
+        mine = lines.filter(pl.col(INGEST_ID) == self._ingest_id)[SOURCE_ROW]
         self._seen.add(key)
         if len(mine):
             self.arrival.record(key, mine)

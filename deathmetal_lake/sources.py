@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from deathmetal_lake.datasets import Dataset, dataset_for_file
 from deathmetal_lake.rows import IngestKey
@@ -92,14 +92,31 @@ class SourceNotFoundError(LookupError):
     """No source file has the content a partition key names."""
 
 
-def locate(partition_key: str, candidates: list[SourceFile]) -> tuple[SourceFile, str]:
-    """The candidate whose name and content match the key, and its sha256 (local files first)."""
+class Hashed(Protocol):
+    """What reading a candidate gives: at least its sha256."""
+
+    @property
+    def content_hash(self) -> str: ...
+
+
+H = TypeVar("H", bound=Hashed)
+
+
+def locate(
+    partition_key: str, candidates: list[SourceFile], read: Callable[[SourceFile], H]
+) -> tuple[SourceFile, H]:
+    """The candidate whose name and content match the key (local files first), and what `read`
+    gave for it.
+
+    `read` reads a candidate whole and hashes it on the way, e.g. the producer's pre-flight
+    (`producer.check_source`), so that finding the file costs no read of its own.
+    """
     stem = IngestKey.parse(partition_key).stem
     named = [c for c in candidates if Path(c.name).stem == stem]
     for candidate in named:
-        digest = content_hash(candidate)
-        if ingest_key(candidate.name, digest) == partition_key:
-            return candidate, digest
+        found = read(candidate)
+        if ingest_key(candidate.name, found.content_hash) == partition_key:
+            return candidate, found
     places = ", ".join(c.location for c in named) or "nowhere"
     raise SourceNotFoundError(
         f"no source file has the content of ingest {partition_key}: `{stem}.csv` was found at "

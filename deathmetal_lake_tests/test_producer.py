@@ -21,22 +21,25 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from deathmetal_lake import producer
 from deathmetal_lake.datasets import DATASETS_BY_NAME, Dataset
-from deathmetal_lake.encoding import LineBatch, encode_plain, plain_records
 from deathmetal_lake.producer import (
     MAX_CALL_BYTES,
     MAX_CALL_RECORDS,
     MAX_RECORD_BYTES,
     DeliveryError,
+    Destination,
     IngestReport,
     RetryPolicy,
-    RowEncoder,
+    SendOptions,
+    Shipment,
     SourceFileError,
+    check_source,
+    encoding,
     ingest,
-    preflight,
 )
-from deathmetal_lake.sources import ingest_key
+from deathmetal_lake.producer.blocks import LineBatch, plain_records
+from deathmetal_lake.producer.encoding import RowEncoder, encode_plain
+from deathmetal_lake.sources import SourceFile, ingest_key, locate
 
 BUCKET = "csv-batch-bucket"
 REVIEWS = DATASETS_BY_NAME["reviews"]
@@ -133,20 +136,17 @@ def run_ingest(
     dataset: Dataset = REVIEWS,
     source_file: str = "reviews.csv",
     kinesis: Any = None,
+    expected_hash: str | None = None,
     **options: Any,
 ) -> IngestReport:
     """Ingest `data` as a file dropped under `source_file`."""
     path = tmp_path / source_file
     path.write_bytes(data)
+    ingest_id = ingest_key(source_file, hashlib.sha256(data).hexdigest())
     return ingest(
-        lambda: path.open("rb"),
-        dataset=dataset,
-        source_file=source_file,
-        ingest_id=ingest_key(source_file, hashlib.sha256(data).hexdigest()),
-        kinesis_client=kinesis or aws.kinesis,
-        s3_client=aws.s3,
-        bucket=BUCKET,
-        **options,
+        Shipment(lambda: path.open("rb"), source_file, ingest_id, dataset, expected_hash),
+        Destination(kinesis or aws.kinesis, aws.s3, BUCKET),
+        SendOptions(**options),
     )
 
 
@@ -218,13 +218,13 @@ def test_source_can_be_an_s3_object(aws: Aws) -> None:
     aws.s3.put_object(Bucket=BUCKET, Key="raw/reviews.csv", Body=data)
 
     report = ingest(
-        lambda: aws.s3.get_object(Bucket=BUCKET, Key="raw/reviews.csv")["Body"],
-        dataset=REVIEWS,
-        source_file="reviews.csv",
-        ingest_id="reviews-s3",
-        kinesis_client=aws.kinesis,
-        s3_client=aws.s3,
-        bucket=BUCKET,
+        Shipment(
+            lambda: aws.s3.get_object(Bucket=BUCKET, Key="raw/reviews.csv")["Body"],
+            "reviews.csv",
+            "reviews-s3",
+            REVIEWS,
+        ),
+        Destination(aws.kinesis, aws.s3, BUCKET),
     )
 
     assert report.rows == 1
@@ -284,12 +284,16 @@ def test_utf8_is_checked_across_chunk_boundaries() -> None:
     """A character cut in two between reads (at 1 MiB) is fine; a bad byte's offset is exact."""
     start = HEADER + b"1,1,t,1,"
     data = start + b"x" * ((1 << 20) - 1 - len(start)) + "ö".encode() + b"\n"
-    info = preflight(lambda: io.BytesIO(data), dataset=REVIEWS, source_file="reviews.csv")
+    info = check_source(
+        lambda: io.BytesIO(data), dataset=REVIEWS, source_file="reviews.csv"
+    ).accepted()
     assert info.byte_size == len(data) == (1 << 20) + 2
 
     broken = data + b"2,1,t,2,caf\xe9\n"
     with pytest.raises(SourceFileError) as raised:
-        preflight(lambda: io.BytesIO(broken), dataset=REVIEWS, source_file="reviews.csv")
+        check_source(
+            lambda: io.BytesIO(broken), dataset=REVIEWS, source_file="reviews.csv"
+        ).accepted()
     offset = len(data) + len(b"2,1,t,2,caf")
     assert f"byte 0xE9 at byte offset {offset} (line 3, data row 2)" in str(raised.value)
 
@@ -526,13 +530,8 @@ def test_a_file_changed_between_the_two_reads_is_refused(aws: Aws) -> None:
 
     with pytest.raises(SourceFileError, match="changed while it was being ingested"):
         ingest(
-            lambda: io.BytesIO(next(versions)),
-            dataset=REVIEWS,
-            source_file="reviews.csv",
-            ingest_id="reviews-x",
-            kinesis_client=aws.kinesis,
-            s3_client=aws.s3,
-            bucket=BUCKET,
+            Shipment(lambda: io.BytesIO(next(versions)), "reviews.csv", "reviews-x", REVIEWS),
+            Destination(aws.kinesis, aws.s3, BUCKET),
         )
 
 
@@ -540,6 +539,82 @@ def test_expected_hash_is_checked_before_sending(aws: Aws, tmp_path: Path) -> No
     with pytest.raises(SourceFileError, match="the file changed after its ingest id was made"):
         run_ingest(aws, tmp_path, HEADER + b"1,1,a,1,x\n", expected_hash="0" * 64)
     assert landed_lines(aws.kinesis) == []
+
+
+def counted_source(name: str, data: bytes, opens: list[str]) -> SourceFile:
+    """A source file in memory that notes every time it is opened."""
+
+    def open_source() -> BinaryIO:
+        opens.append(name)
+        return io.BytesIO(data)
+
+    return SourceFile(name, f"memory://{name}", str(len(data)), open_source)
+
+
+def test_landing_reads_a_file_twice_finding_it_with_its_preflight(aws: Aws) -> None:
+    """Pre-flight is the read that finds the version a key names; sending is the second read."""
+    data = HEADER + b'1,1,a,1,"x, y"\n2,1,b,2,ok\n'
+    key = ingest_key("reviews.csv", hashlib.sha256(data).hexdigest())
+    opens: list[str] = []
+    candidates = [
+        counted_source("reviews.csv", HEADER + b"9,9,older,9,version\n", opens),
+        counted_source("reviews.csv", data, opens),
+    ]
+
+    source, checked = locate(
+        key,
+        candidates,
+        read=lambda c: check_source(c.open, dataset=REVIEWS, source_file=c.name),
+    )
+    report = ingest(
+        Shipment(source.open, source.name, key, REVIEWS),
+        Destination(aws.kinesis, aws.s3, BUCKET),
+        checked=checked,
+    )
+
+    assert source is candidates[1]
+    assert opens == ["reviews.csv"] * 3, "one read of the other version, two of this one"
+    assert report.content_hash == checked.content_hash == hashlib.sha256(data).hexdigest()
+    assert [line["title"] for line in landed_lines(aws.kinesis)] == ["a", "b"]
+
+
+def test_a_refused_version_is_still_located_and_refused_with_its_reason(aws: Aws) -> None:
+    data = b"id,album,title,content\n1,2,t,c\n"
+    key = ingest_key("reviews.csv", hashlib.sha256(data).hexdigest())
+
+    source, checked = locate(
+        key,
+        [counted_source("reviews.csv", data, [])],
+        read=lambda c: check_source(c.open, dataset=REVIEWS, source_file=c.name),
+    )
+
+    assert checked.content_hash == hashlib.sha256(data).hexdigest()
+    with pytest.raises(SourceFileError, match="missing required column"):
+        ingest(
+            Shipment(source.open, source.name, key, REVIEWS),
+            Destination(aws.kinesis, aws.s3, BUCKET),
+            checked=checked,
+        )
+    assert landed_lines(aws.kinesis) == []
+
+
+def test_fields_over_the_csv_default_limit_parse_without_changing_it_for_the_process(
+    aws: Aws, tmp_path: Path
+) -> None:
+    long_review = "ü" * 200_000  # over the csv module's default of 128 Ki characters
+    data = csv_bytes(
+        [["id", "album", "title", "score", "content"], ["1", "2", "t", "3", long_review]]
+    )
+    limit_before = csv.field_size_limit()
+
+    report = run_ingest(aws, tmp_path, data)
+
+    assert csv.field_size_limit() == limit_before
+    with pytest.raises(csv.Error, match="field larger than field limit"):
+        list(csv.reader(io.StringIO(data.decode(), newline="")))
+    [line] = landed_lines(aws.kinesis)
+    assert line["content"] == long_review
+    assert report.parse_error_rows == 0
 
 
 ROW_TEMPLATE = b'%d,%d,"title, %d",%d,"' + b"z" * 400 + b' ""quoted""\r\nsecond line"\n'
@@ -588,7 +663,7 @@ def test_preflight_and_encoder_stream_in_bounded_memory(
     gc.collect()  # earlier tests' garbage: finalizers run by a collection are not the encoder's
     tracemalloc.start()
     try:
-        info = preflight(open_source, dataset=REVIEWS, source_file="reviews.csv")
+        info = check_source(open_source, dataset=REVIEWS, source_file="reviews.csv").accepted()
         encoder = RowEncoder(info.header, source_file="reviews.csv", ingest_id="reviews-x")
         with open_source() as source:
             if method == "lines":
@@ -610,8 +685,8 @@ def encode_both(
 ) -> tuple[RowEncoder, list[bytes], RowEncoder, list[bytes], int]:
     """The lines of `data` through the csv module alone and through `batches`, whose blocks
     are `block_bytes` long; also how many rows Polars encoded."""
-    monkeypatch.setattr(producer, "_BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(producer, "_MAX_BLOCK_BYTES", 4 * block_bytes)
+    monkeypatch.setattr(encoding, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(encoding, "_MAX_BLOCK_BYTES", 4 * block_bytes)
     fast_rows = 0
 
     def counting_encode_plain(*args: Any, **kwargs: Any) -> LineBatch | None:
@@ -620,7 +695,7 @@ def encode_both(
         fast_rows += len(batch) if batch else 0
         return batch
 
-    monkeypatch.setattr(producer, "encode_plain", counting_encode_plain)
+    monkeypatch.setattr(encoding, "encode_plain", counting_encode_plain)
     options = {"source_file": "reviews.csv", "ingest_id": "reviews-0123456789ab"}
     reference = RowEncoder(header, **options)
     expected = list(reference.lines(io.BytesIO(data)))
@@ -718,7 +793,7 @@ def test_fast_path_gives_the_lines_of_the_csv_module_on_the_sample(
 ) -> None:
     data = (SAMPLE_CSV_DIR / name).read_bytes()
     dataset = DATASETS_BY_NAME[name.removesuffix(".csv")]
-    info = preflight(lambda: io.BytesIO(data), dataset=dataset, source_file=name)
+    info = check_source(lambda: io.BytesIO(data), dataset=dataset, source_file=name).accepted()
 
     reference, expected, fast, lines, fast_rows = encode_both(
         data, info.header, monkeypatch, 1 << 16

@@ -1,9 +1,8 @@
-"""The producer's fast path: whole blocks of plain CSV to JSON lines with Polars.
+"""Byte-level pieces of the encoders: a file cut into blocks of whole records, and JSON lines
+held in one buffer per batch.
 
-The csv module and a JSON template cost about 3 µs of Python per row. Polars parses a block of
-rows and encodes them as JSON in native code, with no Python per row. It is used only for blocks
-where it provably gives what the csv module gives (`plain_records`); the producer sends every
-other block through the csv module, so the JSON lines, row numbers and parse errors stay the same.
+`plain_records` decides which blocks Polars may encode: those where it provably reads what the
+csv module reads. Every check is a few passes of bytes methods, with no Python per row.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import BinaryIO
-
-import polars as pl
 
 BOM = b"\xef\xbb\xbf"
 _OPEN, _CLOSE = b"\x00", b"\x01"
@@ -132,48 +129,3 @@ def plain_records(block: bytes, width: int) -> int:
         return 0  # a lone `\r` ends a record for the csv module, not for Polars
     records = outside.count(b"\n") + (not outside.endswith(b"\n"))
     return records if outside.count(b",") == records * (width - 1) else 0
-
-
-def encode_plain(
-    block: bytes,
-    records: int,
-    header: Sequence[str],
-    *,
-    source_file: str,
-    ingest_id: str,
-    first_row: int,
-) -> LineBatch | None:
-    """The JSON lines of a block that `plain_records` accepted, or None if Polars reads it
-    otherwise (bytes that are not UTF-8 in a file that changed since pre-flight).
-
-    Polars escapes strings exactly as `json.encoder.encode_basestring` (ensure_ascii=False), so
-    the lines are byte for byte those of the csv module path.
-    """
-    try:
-        frame = pl.read_csv(
-            block,
-            has_header=False,
-            new_columns=list(header),
-            infer_schema=False,
-            empty_string_is_null=False,
-            n_threads=1,
-        )
-    except pl.exceptions.PolarsError:
-        return None
-    # Polars refuses a record longer than the first. So with the first as wide as the header, no
-    # nulls (short records) and `records` * (width - 1) commas, every record has `width` fields.
-    if frame.shape != (records, len(header)) or any(frame.null_count().row(0)):
-        return None
-    lines = frame.select(
-        pl.struct(
-            pl.all(),
-            _source_file=pl.lit(source_file),
-            _source_row=pl.int_range(first_row, first_row + records, dtype=pl.Int64),
-            _ingest_id=pl.lit(ingest_id),
-        )
-        .struct.json_encode()
-        .add("\n")
-    ).to_series()
-    return LineBatch(
-        lines.str.join("").cast(pl.Binary).item(), lines.str.len_bytes().cum_sum().to_list()
-    )
