@@ -518,15 +518,6 @@ def run_lake_once(settings: LakeSettings, sampler: PeakSampler) -> dict[str, Any
 # --- the plain-Polars floors ------------------------------------------------------------------
 
 
-def _gold_inputs(transform: Callable[..., Any]) -> list[str]:
-    """A gold transform's table parameters (positional, no default), as its asset's inputs."""
-    return [
-        p.name
-        for p in inspect.signature(transform).parameters.values()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
-    ]
-
-
 def run_floor(
     csv_dir: Path,
     root: str,
@@ -538,9 +529,9 @@ def run_floor(
     """Bronze, silver and gold with plain Polars under `root` (a folder or an s3:// URL)."""
     import polars as pl
 
-    from deathmetal_lake.assets.gold import GOLD_TABLES
     from deathmetal_lake.assets.lineage import SILVER_TABLES
     from deathmetal_lake.transforms import silver as silver_transforms
+    from deathmetal_lake.transforms.gold import MARTS
     from deathmetal_lake.transforms.silver import PARSE_ERROR_COLUMN, RAW_COLUMN
 
     options = {"storage_options": storage_options} if storage_options else {}
@@ -614,11 +605,9 @@ def run_floor(
         )
 
     def gold() -> None:
-        for transform in GOLD_TABLES:
-            tables = {name: scan(name) for name in _gold_inputs(transform)}
-            transform(**tables).sink_parquet(
-                path("gold", f"{transform.__name__}.parquet"), **options
-            )
+        for mart in MARTS:
+            tables = {name: scan(name) for name in mart.inputs}
+            mart.transform(**tables).sink_parquet(path("gold", f"{mart.name}.parquet"), **options)
 
     stages: dict[str, dict[str, Any]] = {}
     windows = []

@@ -32,6 +32,7 @@ from dagster import (
     DagsterInstance,
     Definitions,
     RunsFilter,
+    TableMetadataValue,
     materialize,
 )
 
@@ -50,6 +51,7 @@ from deathmetal_lake.transforms import silver as silver_transforms
 from deathmetal_lake_tests.conftest import REPO_ROOT, aws_client, sample_lake_built
 
 YEAR = 2026
+MARTS_BY_NAME = {mart.name: mart for mart in gold_transforms.MARTS}
 ERROR, WARN = AssetCheckSeverity.ERROR, AssetCheckSeverity.WARN
 
 
@@ -139,8 +141,17 @@ def good() -> dict[str, pl.LazyFrame]:
     }
 
 
+def sample(metadata: Any) -> list[dict[str, Any]]:
+    """The failing-row sample of a check result's metadata: the rows of its UI table."""
+    table = metadata["failing_rows"]
+    assert isinstance(table, TableMetadataValue)
+    rows = [record.data for record in table.records]
+    assert all(set(row) == {c.name for c in table.schema.columns} for row in rows)
+    return rows
+
+
 def failing(result: Any) -> list[dict[str, Any]]:
-    rows = result.metadata["failing_rows_json"].value
+    rows = sample(result.metadata)
     assert len(rows) <= SAMPLE_ROWS
     return rows
 
@@ -245,6 +256,8 @@ def test_key_unique_and_not_null(good) -> None:
     rows = assert_fails(result, ERROR)
     assert (meta(result, "null_keys"), meta(result, "duplicate_keys")) == (1, 1)
     assert {"_source_file", "_source_row", "_ingest_id", "id"} <= rows[0].keys()
+    types = {c.name: c.type for c in result.metadata["failing_rows"].schema.columns}
+    assert (types["id"], types["_source_row"], types["problem"]) == ("Int64", "Int64", "String")
 
 
 def test_required_columns_not_null(good) -> None:
@@ -417,17 +430,25 @@ def test_gold_not_empty_when_inputs_are_not(good) -> None:
 
 
 def test_top10_at_most_ten_per_country(good) -> None:
-    assert_passes(gold.evaluate_top_per_country(good["top10_by_country"]))
+    rule = MARTS_BY_NAME["top10_by_country"].top_per_group
+    assert (rule.group, rule.limit) == ("country", 10)
+    assert_passes(gold.evaluate_top_per_group(good["top10_by_country"], rule))
     bad = pl.DataFrame({"country": ["Peru"] * 12, "rank": list(range(1, 13))}).lazy()
-    result = gold.evaluate_top_per_country(bad)
+    result = gold.evaluate_top_per_group(bad, rule)
     rows = assert_fails(result, ERROR)
     assert [r["rank"] for r in rows] == [11, 12]
-    assert meta(result, "max_bands_per_country") == 12
+    assert meta(result, "max_rows_per_country") == 12
 
 
 def test_gold_scores_in_range(good) -> None:
-    for table, columns in gold.GOLD_SCORE_COLUMNS.items():
-        assert_passes(gold.evaluate_scores_in_range(good[table], columns))
+    scored = [mart for mart in gold_transforms.MARTS if mart.score_columns]
+    assert {mart.name for mart in scored} == {
+        "band_avg_scores",
+        "top10_by_country",
+        "album_rankings",
+    }
+    for mart in scored:
+        assert_passes(gold.evaluate_scores_in_range(good[mart.name], mart.score_columns))
     bad = good["band_avg_scores"].with_columns(
         pl.when(pl.col("band_id") == 2).then(-3.0).otherwise("mean_score").alias("mean_score")
     )
@@ -436,10 +457,11 @@ def test_gold_scores_in_range(good) -> None:
 
 
 def test_album_rankings_ordered(good) -> None:
-    assert_passes(gold.evaluate_rankings_ordered(good["album_rankings"]))
+    rule = MARTS_BY_NAME["album_rankings"].rank_order
+    assert_passes(gold.evaluate_rankings_ordered(good["album_rankings"], rule))
     swapped = good["album_rankings"].collect()
     swapped = pl.concat([swapped[1:2], swapped[0:1], swapped[2:]]).lazy()
-    rows = assert_fails(gold.evaluate_rankings_ordered(swapped), ERROR)
+    rows = assert_fails(gold.evaluate_rankings_ordered(swapped, rule), ERROR)
     assert [r["position"] for r in rows][:2] == [1, 2]
 
 
@@ -525,7 +547,8 @@ def test_checks_share_steps_and_keep_their_flags() -> None:
     assert by_name["known_values"] == {"silver/bands"}
     assert by_name["quarantine_rate"] == {f"quarantine/{d}" for d in RULES}
     assert by_name["key_unique_not_null"] == {f"silver/{d}" for d in RULES}
-    assert by_name["scores_in_range"] == {f"gold/{t}" for t in gold.GOLD_SCORE_COLUMNS}
+    scored = {f"gold/{m.name}" for m in gold_transforms.MARTS if m.score_columns}
+    assert by_name["scores_in_range"] == scored
     assert len(by_name["follows_upstream"]) == 14
     band_in_bands = specs[AssetCheckKey(AssetKey(["silver", "albums"]), "band_in_bands")]
     assert {d.asset_key for d in band_in_bands.additional_deps} == {AssetKey(["silver", "bands"])}
@@ -682,13 +705,13 @@ def test_sample_passes_every_error_check_and_shows_its_orphans_as_warnings(sampl
         result = by_key[(f"silver/{table}", check)]
         assert (result.passed, result.severity) == (False, WARN)
         assert result.metadata["orphan_rows"].value == orphans
-        assert result.metadata["failing_rows_json"].value
+        assert sample(result.metadata)
     # The sample's duplicates and bad rows: quarantine counts, under the WARN threshold.
     for dataset, duplicates in (("albums", 4), ("bands", 4), ("reviews", 2)):
         result = by_key[(f"quarantine/{dataset}", "quarantine_rate")]
         assert result.passed
         assert result.metadata["reason_duplicate_id"].value == duplicates
-        assert len(result.metadata["failing_rows_json"].value) > 0
+        assert len(sample(result.metadata)) > 0
 
 
 @pytest.mark.slow
@@ -746,7 +769,7 @@ def _replaced(s3: Any, bucket: str, key: str, body: bytes) -> Iterator[None]:
 def _problems(evaluation: AssetCheckEvaluation) -> set[tuple[str, int, str, str]]:
     return {
         (r["problem"].split(":")[0], r["_source_row"], r["_source_file"], r["_ingest_id"])
-        for r in evaluation.metadata["failing_rows_json"].value
+        for r in sample(evaluation.metadata)
     }
 
 
