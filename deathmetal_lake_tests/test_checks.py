@@ -33,6 +33,7 @@ from dagster import (
     Definitions,
     RunsFilter,
     TableMetadataValue,
+    build_init_resource_context,
     evaluate_automation_conditions,
     materialize,
 )
@@ -43,6 +44,7 @@ from deathmetal_lake.assets.silver import silver_assets
 from deathmetal_lake.checks import contracts, freshness, gold, lake_checks, reconciliation
 from deathmetal_lake.checks import run as checks_run
 from deathmetal_lake.checks.evidence import SAMPLE_ROWS
+from deathmetal_lake.checks.tables import LakeTables
 from deathmetal_lake.definitions import defs
 from deathmetal_lake.jobs import lake_checks_job
 from deathmetal_lake.resources import LakeParquetIOManager, LakeResource, LakeS3Resource
@@ -651,6 +653,31 @@ def test_warn_on_silver_does_not_block_gold(tmp_path: Path) -> None:
     assert evaluations[("gold/album_rankings", "ranks_ordered")].passed
 
 
+def test_lake_tables_find_a_file_or_a_folder_of_parts(tmp_path: Path) -> None:
+    """A table is `{key}.parquet` or a folder `{key}/` of Parquet parts (the contract's two
+    layouts); a table in neither is absent, not an error."""
+    io_manager = _resources(tmp_path)["io_manager"]
+    io_manager.setup_for_execution(build_init_resource_context())  # as a run does
+    lake = tmp_path / "lake"
+    (lake / "silver").mkdir(parents=True)
+    pl.DataFrame({"id": [1, 2, 3]}).write_parquet(lake / "silver" / "bands.parquet")
+    parts = lake / "silver" / "reviews"
+    (parts / "ingest=a").mkdir(parents=True)
+    pl.DataFrame({"id": [1, 2]}).write_parquet(parts / "part-0.parquet")
+    pl.DataFrame({"id": [3]}).write_parquet(parts / "ingest=a" / "part-1.parquet")
+    tables = LakeTables(lambda: io_manager)
+    bands, reviews, albums = (AssetKey(["silver", t]) for t in ("bands", "reviews", "albums"))
+    assert (tables.exists(bands), tables.exists(reviews), tables.exists(albums)) == (
+        True,
+        True,
+        False,
+    )
+    assert (tables.rows(bands), tables.rows(reviews)) == (3, 3)
+    assert sorted(tables.scan(reviews).select("id").collect()["id"]) == [1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="silver/albums"):
+        tables.scan(albums)
+
+
 def test_a_run_of_some_checks_of_a_step_evaluates_only_those(tmp_path: Path) -> None:
     key = AssetCheckKey(AssetKey(["gold", "album_rankings"]), "follows_upstream")
     result = materialize(
@@ -683,12 +710,19 @@ def _lake_defs(settings: Any) -> Definitions:
     )
 
 
-def _ingest_bronze(settings: Any, instance: DagsterInstance, dataset: str) -> None:
-    """A bronze ingest of crafted rows on the lake's S3, as the bronze asset records it."""
-    ingest = f"{dataset}-000000000001"
+def _ingest_bronze(
+    settings: Any,
+    instance: DagsterInstance,
+    dataset: str,
+    rows: list[dict[str, Any]] | None = None,
+    version: int = 1,
+) -> None:
+    """A bronze ingest of `dataset`.csv (crafted rows by default) on the lake's S3, recorded as
+    the bronze asset records it; a later `version` supersedes the earlier ones."""
+    ingest = f"{dataset}-{version:012d}"
     instance.add_dynamic_partitions(f"{dataset}_ingests", [ingest])
     body = io.BytesIO()
-    bronze_frame(dataset, _CRAFTED[dataset], ingest).write_parquet(body)
+    bronze_frame(dataset, _CRAFTED[dataset] if rows is None else rows, ingest).write_parquet(body)
     aws_client(settings, "s3").put_object(
         Bucket=settings.bucket, Key=f"bronze/{dataset}/{ingest}.parquet", Body=body.getvalue()
     )
@@ -836,6 +870,15 @@ def test_automation_on_a_fresh_lake_never_fails_a_check(embedded_aws) -> None:
         k for k in lake.get_all_asset_keys() if instance.get_latest_materialization_event(k)
     }
     assert {k for k in _SILVER_AND_GOLD.resolve(lake)} <= materialized
+
+    # A check with its own condition still runs, and blocks, in its asset's run: a new albums
+    # file whose bands are half unknown stops music_catalog in that same run.
+    _ingest_bronze(settings, instance, "albums", albums_rows(40, 40), version=2)
+    cursor, run = _automation_tick(defs, instance, cursor)
+    fk = _evaluations(run)[("silver/albums", "band_in_bands")]
+    assert (fk.passed, fk.severity, fk.metadata["orphan_rows"].value) == (False, ERROR, 20)
+    built = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
+    assert "silver/albums" in built and "silver/music_catalog" not in built
 
 
 # ---------------------------------------------------------------------------------------------

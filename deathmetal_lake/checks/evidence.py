@@ -136,7 +136,7 @@ def _evaluate_selected(
         if missing:
             context.log.warning(
                 f"{check.spec.key.to_user_string()} skipped: {', '.join(missing)} not in the "
-                "lake yet; it runs once every table it reads exists."
+                "lake yet; Dagster shows this execution as skipped, not failed."
             )
             continue
         result = check.evaluate(context, tables)
