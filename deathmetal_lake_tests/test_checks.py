@@ -678,6 +678,35 @@ def test_lake_tables_find_a_file_or_a_folder_of_parts(tmp_path: Path) -> None:
         tables.scan(albums)
 
 
+def test_lake_tables_on_s3_see_tables_written_since_a_listing(embedded_aws) -> None:
+    """fsspec caches S3 listings per process: a table written after something in the process
+    listed its layer is still found, as a file or as a folder of parts."""
+    from upath import UPath
+
+    from deathmetal_lake.resources import build_resources
+
+    settings = embedded_aws
+    io_manager = build_resources(settings)["io_manager"]
+    io_manager.setup_for_execution(build_init_resource_context())
+    s3, bucket = aws_client(settings, "s3"), settings.bucket
+
+    def put(key: str, rows: int) -> None:
+        body = io.BytesIO()
+        pl.DataFrame({"id": list(range(rows))}).write_parquet(body)
+        s3.put_object(Bucket=bucket, Key=key, Body=body.getvalue())
+
+    put("silver/albums.parquet", 1)
+    layer = UPath(io_manager.base_dir, **io_manager.storage_options) / "silver"
+    assert [p.name for p in layer.iterdir()] == ["albums.parquet"]  # now cached
+    put("silver/bands.parquet", 2)
+    put("silver/reviews/part-0.parquet", 3)
+    tables = LakeTables(lambda: io_manager)
+    assert (
+        tables.rows(AssetKey(["silver", "bands"])),
+        tables.rows(AssetKey(["silver", "reviews"])),
+    ) == (2, 3)
+
+
 def test_a_run_of_some_checks_of_a_step_evaluates_only_those(tmp_path: Path) -> None:
     key = AssetCheckKey(AssetKey(["gold", "album_rankings"]), "follows_upstream")
     result = materialize(
@@ -784,6 +813,13 @@ def test_albums_contracts_before_bands_exist(embedded_aws) -> None:
     assert "silver/albums:band_in_bands skipped: silver/bands not in the lake yet" in _logged(
         instance, result
     )
+    # Once bands exists, the same check finds it (no stale view of the bucket) and passes.
+    _ingest_bronze(settings, instance, "bands")
+    bands = AssetSelection.assets(["silver", "bands"], ["quarantine", "bands"])
+    assert _materialize(defs, instance, bands).success
+    fk_key = AssetCheckKey(AssetKey(["silver", "albums"]), "band_in_bands")
+    result = _materialize(defs, instance, AssetSelection.checks(fk_key))
+    assert _check_keys(result) == {fk} and result.get_asset_check_evaluations()[0].passed
 
 
 def test_a_gold_subset_checks_only_its_marts(embedded_aws) -> None:

@@ -37,7 +37,11 @@ class LakeTables:
 
     @cached_property
     def _base(self) -> UPath:
-        return UPath(self._io_manager.base_dir, **self._io_manager.storage_options)
+        base = UPath(self._io_manager.base_dir, **self._io_manager.storage_options)
+        # fsspec shares one filesystem per process, listings cached: a table written since by
+        # another step or run would look absent.
+        base.fs.invalidate_cache()
+        return base
 
     def _locate(self, key: AssetKey) -> str | None:
         """The file, or the folder of parts as a glob, that holds the table; None if neither."""
