@@ -34,6 +34,7 @@ from deathmetal_lake.checks.evidence import (
     checks_step,
     collect_streaming,
     sample_lazy,
+    table_check,
 )
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.rules import (
@@ -331,11 +332,9 @@ def evaluate_quarantine_rate(
 
 
 def after_both_tables() -> AutomationCondition:
-    """For a check across two tables: run once both exist, and again whenever either changes.
+    """For a check across two tables: run once both exist, again whenever either changes.
 
-    The check then waits for its other table instead of riding along with its own asset while
-    that table is missing. When its asset is requested the check is requested on the same tick,
-    so it still runs, and blocks, in the same run.
+    Requested on the same tick as its asset, so it still runs, and blocks, in the asset's run.
     """
     return AutomationCondition.eager().with_label("after_both_tables")
 
@@ -373,11 +372,8 @@ def _table_checks(dataset: str) -> list[PlannedCheck]:
         *,
         blocking: bool = True,
     ) -> PlannedCheck:
-        return PlannedCheck(
-            AssetCheckSpec(name, asset=key, blocking=blocking, description=description),
-            lambda _, tables: evaluate(tables.scan(key)),
-            reads=(key,),
-        )
+        spec = AssetCheckSpec(name, asset=key, blocking=blocking, description=description)
+        return table_check(spec, evaluate)
 
     checks = [
         on_table(

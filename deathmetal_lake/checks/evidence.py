@@ -125,6 +125,14 @@ class PlannedCheck:
             raise ValueError(f"{self.spec.key.to_user_string()} reads undeclared {undeclared}")
 
 
+def table_check(
+    spec: AssetCheckSpec, evaluate: Callable[[pl.LazyFrame], AssetCheckResult]
+) -> PlannedCheck:
+    """A check that reads its own asset's table alone."""
+    key = spec.asset_key
+    return PlannedCheck(spec, lambda _, tables: evaluate(tables.scan(key)), reads=(key,))
+
+
 def _evaluate_selected(
     context: AssetCheckExecutionContext, checks: Sequence[PlannedCheck], tables: LakeTables
 ) -> Iterator[AssetCheckResult]:

@@ -29,6 +29,7 @@ from deathmetal_lake.checks.evidence import (
     check_result,
     checks_step,
     collect_streaming,
+    table_check,
 )
 from deathmetal_lake.checks.tables import LakeTables
 from deathmetal_lake.rules import RULES
@@ -153,12 +154,8 @@ def _check(
     evaluate: Callable[[pl.LazyFrame], AssetCheckResult],
 ) -> PlannedCheck:
     """A check of the mart's own table."""
-    key = gold_key(mart.name)
-    return PlannedCheck(
-        AssetCheckSpec(name, asset=key, blocking=True, description=description),
-        lambda _, tables: evaluate(tables.scan(key)),
-        reads=(key,),
-    )
+    spec = AssetCheckSpec(name, asset=gold_key(mart.name), blocking=True, description=description)
+    return table_check(spec, evaluate)
 
 
 def _not_empty(mart: Mart) -> PlannedCheck:
