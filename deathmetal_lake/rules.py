@@ -152,15 +152,6 @@ CONTRACTS: dict[str, QualityContract] = {
     )
 }
 
-# Gold columns that hold review scores or their averages: must stay in ScoreColumn's 0..100.
-GOLD_SCORE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "band_avg_scores": ("mean_score", "min_score", "max_score"),
-    "top10_by_country": ("mean_score",),
-    "album_rankings": ("mean_score", "weighted_score"),
-}
-# Gold tables that may be empty while their inputs are not (a filter that can match nothing).
-GOLD_MAY_BE_EMPTY: frozenset[str] = frozenset({"brazilian_bands"})
-
 # Freshness: a silver or gold table is stale when an upstream asset materialized newer data and
 # the table has not followed within FOLLOW_UPSTREAM_WITHIN (automation follows in seconds).
 FOLLOW_UPSTREAM_WITHIN_MINUTES = 30

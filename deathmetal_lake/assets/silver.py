@@ -103,12 +103,11 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
         rejected = merge.rejections(dataset.name, staged, order, _source_file).collect(
             engine="streaming"
         )
-        table_path = list(silver_key(dataset.name).path)
-        quarantine_path = list(quarantine_key(dataset).path)
-        existing = tables.scan(quarantine_path)
+        table_key, rejects_key = silver_key(dataset.name), quarantine_key(dataset)
+        existing = tables.scan(rejects_key) if tables.part_names(rejects_key) else None
         changes = merge.changed_parts(
             order,
-            tables.part_names(table_path),
+            tables.part_names(table_key),
             rejected,
             rejected.clear()
             if existing is None

@@ -7,7 +7,9 @@
 - `freshness`: silver and gold follow their upstream (WARN), plus a FreshnessPolicy.
 
 The contracts, gold and freshness checks share steps (`evidence.checks_step`): one per silver
-dataset, one per mart another mart reads plus one for the other marts, one for freshness.
+dataset, one per mart another mart reads plus one for the other marts, one for freshness. They
+read the lake's tables through the `tables` resource (`LakeTables`), only those of the checks
+selected; a check whose tables are not all in the lake yet is skipped, never failed.
 """
 
 from deathmetal_lake.checks.contracts import contract_checks

@@ -6,15 +6,25 @@ values outside the known set (band status) — WARN; foreign-key orphans — WAR
 dataset's `orphan_error_rate`, ERROR (blocking) above; quarantine rate — WARN above
 `quarantine_warn_rate`. Adding a rule to `rules.py` adds it to the checks.
 
+A foreign-key check reads two tables, so it has its own automation condition
+(`after_both_tables`): it waits until the parent table exists instead of running without it, and
+runs again when either table changes. Every other contract rides along with its table's runs.
+
 Every evaluation streams: counts come from lazy aggregations, only the columns a check needs are
 read (never the reviews' `content`), and only a sorted sample of the failing rows is collected.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import polars as pl
-from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, AssetCheckSpec
+from dagster import (
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AutomationCondition,
+)
 
 from deathmetal_lake.assets.silver import quarantine_key, silver_key
 from deathmetal_lake.checks.evidence import (
@@ -24,6 +34,7 @@ from deathmetal_lake.checks.evidence import (
     checks_step,
     collect_streaming,
     sample_lazy,
+    table_check,
 )
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.rules import (
@@ -320,102 +331,117 @@ def evaluate_quarantine_rate(
 # Definitions: every contract of a dataset in one step
 
 
-def _parent_input(fk: ForeignKey) -> str:
-    return f"silver_{fk.references}"
+def after_both_tables() -> AutomationCondition:
+    """For a check across two tables: run once both exist, again whenever either changes.
+
+    Requested on the same tick as its asset, so it still runs, and blocks, in the asset's run.
+    """
+    return AutomationCondition.eager().with_label("after_both_tables")
 
 
 def _foreign_key_check(dataset: str, fk: ForeignKey, contract: QualityContract) -> PlannedCheck:
     parent_key = RULES[fk.references].key
+    child, parent = silver_key(dataset), silver_key(fk.references)
     return PlannedCheck(
         AssetCheckSpec(
             foreign_key_check_name(fk),
-            asset=silver_key(dataset),
+            asset=child,
             blocking=True,
-            additional_deps=[silver_key(fk.references)],
+            additional_deps=[parent],
+            automation_condition=after_both_tables(),
             description=(
                 f"`{fk.column}` in `{fk.references}.id`: orphans are a WARN up to "
                 f"{contract.orphan_error_rate:.0%} of rows, an ERROR (blocking) above."
             ),
         ),
         lambda _, tables: evaluate_foreign_key(
-            tables["table"], tables[_parent_input(fk)], fk, contract, parent_key
+            tables.scan(child), tables.scan(parent), fk, contract, parent_key
         ),
+        reads=(child, parent),
     )
+
+
+def _table_checks(dataset: str) -> list[PlannedCheck]:
+    """The checks that read the silver table alone."""
+    rules, key = RULES[dataset], silver_key(dataset)
+
+    def on_table(
+        name: str,
+        description: str,
+        evaluate: Callable[[pl.LazyFrame], AssetCheckResult],
+        *,
+        blocking: bool = True,
+    ) -> PlannedCheck:
+        spec = AssetCheckSpec(name, asset=key, blocking=blocking, description=description)
+        return table_check(spec, evaluate)
+
+    checks = [
+        on_table(
+            KEY_UNIQUE_NOT_NULL,
+            f"`{rules.key}` is never null and unique.",
+            lambda table: evaluate_key(table, rules),
+        ),
+        on_table(
+            REQUIRED_NOT_NULL,
+            f"Required columns are never null: {rules.required_columns}.",
+            lambda table: evaluate_required(table, rules),
+        ),
+        on_table(
+            COLUMNS_AND_TYPES,
+            "The column set and types are the ones the rules produce.",
+            lambda table: evaluate_schema(table, dataset),
+        ),
+        on_table(
+            VALUES_IN_RANGE,
+            "Scores in their range, years in MIN_YEAR..next year.",
+            lambda table: evaluate_values(table, rules, datetime.now(UTC).year),
+        ),
+    ]
+    if rules.known_values:
+        checks.append(
+            on_table(
+                KNOWN_VALUES,
+                f"Values in their known set: {sorted(rules.known_values)} (WARN).",
+                lambda table: evaluate_known_values(table, rules),
+                blocking=False,
+            )
+        )
+    return checks
 
 
 def planned_contract_checks(dataset: str) -> list[PlannedCheck]:
     """A dataset's contracts from its rules: each check's spec (the UI's) and evaluation."""
     rules, contract = RULES[dataset], CONTRACTS[dataset]
-    key = silver_key(dataset)
-
-    def on_table(name: str, description: str, *, blocking: bool = True) -> AssetCheckSpec:
-        return AssetCheckSpec(name, asset=key, blocking=blocking, description=description)
-
-    checks = [
-        PlannedCheck(
-            on_table(KEY_UNIQUE_NOT_NULL, f"`{rules.key}` is never null and unique."),
-            lambda _, tables: evaluate_key(tables["table"], rules),
-        ),
-        PlannedCheck(
-            on_table(
-                REQUIRED_NOT_NULL, f"Required columns are never null: {rules.required_columns}."
-            ),
-            lambda _, tables: evaluate_required(tables["table"], rules),
-        ),
-        PlannedCheck(
-            on_table(COLUMNS_AND_TYPES, "The column set and types are the ones the rules produce."),
-            lambda _, tables: evaluate_schema(tables["table"], dataset),
-        ),
-        PlannedCheck(
-            on_table(VALUES_IN_RANGE, "Scores in their range, years in MIN_YEAR..next year."),
-            lambda _, tables: evaluate_values(tables["table"], rules, datetime.now(UTC).year),
-        ),
-    ]
-    if rules.known_values:
-        checks.append(
-            PlannedCheck(
-                on_table(
-                    KNOWN_VALUES,
-                    f"Values in their known set: {sorted(rules.known_values)} (WARN).",
-                    blocking=False,
-                ),
-                lambda _, tables: evaluate_known_values(tables["table"], rules),
-            )
-        )
-    checks += [_foreign_key_check(dataset, fk, contract) for fk in rules.foreign_keys]
-    checks.append(
+    key, quarantine = silver_key(dataset), quarantine_key(DATASETS_BY_NAME[dataset])
+    return [
+        *_table_checks(dataset),
+        *(_foreign_key_check(dataset, fk, contract) for fk in rules.foreign_keys),
         PlannedCheck(
             AssetCheckSpec(
                 QUARANTINE_RATE,
-                asset=quarantine_key(DATASETS_BY_NAME[dataset]),
+                asset=quarantine,
                 additional_deps=[key],
                 description=f"WARN when more than {contract.quarantine_warn_rate:.1%} of rows are "
                 "quarantined; counts by reason.",
             ),
             lambda _, tables: evaluate_quarantine_rate(
-                tables["quarantine"], tables["table"], contract
+                tables.scan(quarantine), tables.scan(key), contract
             ),
-        )
-    )
-    return checks
+            reads=(quarantine, key),
+        ),
+    ]
 
 
 def build_contract_checks(dataset: str) -> AssetChecksDefinition:
-    """Every contract of a dataset in one step: its tables are loaded once, lazily.
+    """Every contract of a dataset in one step; each check reads its tables when it runs.
 
     One step and not one per check: each step costs a fixed Dagster overhead, larger than the
     streaming evaluation itself. Its blocking checks all guard `silver/{dataset}`, so a failure
     stops exactly what one of them alone would.
     """
-    rules = RULES[dataset]
     return checks_step(
         f"silver_{dataset}_contracts",
         planned_contract_checks(dataset),
-        ins={
-            "table": silver_key(dataset),
-            "quarantine": quarantine_key(DATASETS_BY_NAME[dataset]),
-            **{_parent_input(fk): silver_key(fk.references) for fk in rules.foreign_keys},
-        },
         description=f"The contracts of silver/{dataset} and its quarantine rate.",
     )
 

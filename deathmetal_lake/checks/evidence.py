@@ -1,48 +1,46 @@
-"""What every check result carries: counts, thresholds and a sample of the failing rows.
+"""What every check result carries, and how several checks share one Dagster step.
 
-A user reads a failed check in the UI and acts on it without opening a notebook: the sample is a
-Markdown table (`failing_rows`) and the same rows as JSON (`failing_rows_json`) for tools.
+A user reads a failed check in the UI and acts on it without opening a notebook: every result
+has its counts, its thresholds and a sample of the failing rows as a table (`failing_rows`).
 
-Also how checks run: several checks share one Dagster step (`checks_step`), because each step
-costs a fixed overhead (event log, input loading) that dwarfs the work of a check on a lazy table.
+Several checks share one step (`checks_step`) because each step costs a fixed overhead (event
+log, process set-up) that dwarfs the work of a check on a lazy table. A step loads nothing up
+front: each selected check scans the tables it reads through `LakeTables`, and a check whose
+tables do not all exist yet is not evaluated (Dagster shows it as skipped), so one missing table
+never fails the step nor the other checks in it.
 """
 
-import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetIn,
     AssetKey,
     MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     multi_asset_check,
 )
-from upath import UPath
 
+from deathmetal_lake.resources import LakeTables
 from deathmetal_lake.rows import PROVENANCE_COLUMNS
 
 SAMPLE_ROWS = 10
-_MAX_CELL = 80
-
-
-def sample_rows(rows: pl.DataFrame, columns: Sequence[str] = ()) -> pl.DataFrame:
-    """Up to SAMPLE_ROWS rows: the given columns first, then the provenance columns present."""
-    wanted = [*columns, *(c for c in PROVENANCE_COLUMNS if c not in columns)]
-    return rows.select([c for c in wanted if c in rows.columns]).head(SAMPLE_ROWS)
+FAILING_ROWS = "failing_rows"
+_CELL_TYPES = (str, int, float, bool)
 
 
 def sample_lazy(
     rows: pl.LazyFrame, columns: Sequence[str] = (), order: Sequence[str] = ()
 ) -> pl.LazyFrame:
-    """`sample_rows` of a lazy frame, sorted by `order` then provenance: bounded and deterministic.
+    """Up to SAMPLE_ROWS rows, the given columns then provenance, sorted by `order` then provenance.
 
     Tables stream in no guaranteed row order, so the sample is sorted; the sort keeps only the
     first SAMPLE_ROWS rows (a top-k), so a table where every row fails still costs little memory.
@@ -59,29 +57,18 @@ def collect_streaming(*frames: pl.LazyFrame) -> list[pl.DataFrame]:
     return pl.collect_all(frames, engine="streaming")
 
 
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+def failing_rows_table(rows: pl.DataFrame) -> MetadataValue:
+    """The sample as a UI table: each column with its Polars type, values the UI can show."""
 
+    def cell(value: Any) -> str | int | float | bool | None:
+        return value if value is None or isinstance(value, _CELL_TYPES) else str(value)
 
-def markdown_table(rows: pl.DataFrame) -> str:
-    if rows.is_empty():
-        return "_no failing rows_"
-    header = "| " + " | ".join(rows.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in rows.columns) + " |"
-    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows.iter_rows()]
-    return "\n".join([header, rule, *body])
-
-
-def _json_ready(rows: pl.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {
-            k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-            for k, v in r.items()
-        }
-        for r in rows.to_dicts()
-    ]
+    return MetadataValue.table(
+        records=[TableRecord({k: cell(v) for k, v in row.items()}) for row in rows.to_dicts()],
+        schema=TableSchema(
+            columns=[TableColumn(name, str(dtype)) for name, dtype in rows.schema.items()]
+        ),
+    )
 
 
 def check_result(
@@ -103,105 +90,95 @@ def check_result(
         # Every kind of problem gets a share of the sample (missing rows must not hide extras).
         share = max(1, SAMPLE_ROWS // sample["problem"].n_unique())
         sample = sample.group_by("problem", maintain_order=True).head(share)
-    sample = sample.head(SAMPLE_ROWS)
     metadata: dict[str, Any] = {
         name: MetadataValue.int(int(v)) if isinstance(v, int) else MetadataValue.float(float(v))
         for name, v in counts.items()
     }
     metadata.update({f"threshold_{k}": v for k, v in (thresholds or {}).items()})
-    metadata["failing_rows"] = MetadataValue.md(markdown_table(sample))
-    metadata["failing_rows_json"] = MetadataValue.json(_json_ready(sample))
+    metadata[FAILING_ROWS] = failing_rows_table(sample.head(SAMPLE_ROWS))
     metadata.update(extra or {})
     return AssetCheckResult(
         passed=passed, severity=severity, metadata=metadata, description=description
     )
 
 
-def _lake_path(io_manager: Any, path: str) -> UPath:
-    """`{base_dir}/{path}.parquet` (the contract's layout) with the IO manager's storage options.
-
-    So checks read the lake exactly where and how the IO manager writes it, on S3 or on a local
-    directory alike.
-    """
-    return UPath(io_manager.base_dir, **io_manager.storage_options).joinpath(
-        *f"{path}.parquet".split("/")
-    )
-
-
-def parquet_rows(io_manager: Any, path: str) -> int | None:
-    """Row count of the lake's Parquet file at `path` from its footer, None when absent."""
-    try:
-        with _lake_path(io_manager, path).open("rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    except FileNotFoundError:
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Several checks in one step
 
-# A check's evaluation in a step: the step's context and its input tables by input name.
-Evaluation = Callable[[AssetCheckExecutionContext, Mapping[str, pl.LazyFrame]], AssetCheckResult]
+# A check's evaluation in a step: the step's context and the lake's tables.
+Evaluation = Callable[[AssetCheckExecutionContext, LakeTables], AssetCheckResult]
 
 
 @dataclass(frozen=True)
 class PlannedCheck:
-    """One check of a `checks_step`: what the UI shows of it (`spec`) and how it is evaluated."""
+    """One check of a `checks_step`: what the UI shows of it (`spec`), the tables it reads
+    (`reads`: its asset or its additional deps) and how it is evaluated."""
 
     spec: AssetCheckSpec
     evaluate: Evaluation
+    reads: tuple[AssetKey, ...] = ()
+
+    def __post_init__(self) -> None:
+        deps = {self.spec.asset_key, *(d.asset_key for d in self.spec.additional_deps)}
+        undeclared = [k.to_user_string() for k in self.reads if k not in deps]
+        if undeclared:
+            raise ValueError(f"{self.spec.key.to_user_string()} reads undeclared {undeclared}")
+
+
+def table_check(
+    spec: AssetCheckSpec, evaluate: Callable[[pl.LazyFrame], AssetCheckResult]
+) -> PlannedCheck:
+    """A check that reads its own asset's table alone."""
+    key = spec.asset_key
+    return PlannedCheck(spec, lambda _, tables: evaluate(tables.scan(key)), reads=(key,))
+
+
+def _evaluate_selected(
+    context: AssetCheckExecutionContext, checks: Sequence[PlannedCheck], tables: LakeTables
+) -> Iterator[AssetCheckResult]:
+    selected = context.selected_asset_check_keys
+    for check in checks:
+        if check.spec.key not in selected:
+            continue
+        missing = [k.to_user_string() for k in check.reads if not tables.exists(k)]
+        if missing:
+            context.log.warning(
+                f"{check.spec.key.to_user_string()} skipped: {', '.join(missing)} not in the "
+                "lake yet; Dagster shows this execution as skipped, not failed."
+            )
+            continue
+        result = check.evaluate(context, tables)
+        yield AssetCheckResult(
+            asset_key=check.spec.asset_key,
+            check_name=check.spec.name,
+            passed=result.passed,
+            severity=result.severity,
+            metadata=result.metadata,
+            description=result.description,
+        )
 
 
 def checks_step(
     name: str,
     checks: Sequence[PlannedCheck],
-    ins: Mapping[str, AssetKey],
     description: str,
-    required_resource_keys: frozenset[str] = frozenset(),
 ) -> AssetChecksDefinition:
-    """`checks` evaluated in one Dagster step, `ins` (input name -> asset) loaded once, lazily.
+    """`checks` evaluated in one Dagster step; each reads its own tables when it runs.
 
-    Each check keeps its own name, asset, blocking flag and description; a run selecting only
-    some of them evaluates only those. A failed blocking check fails the whole step, so only
-    checks whose blocking stops the same downstream assets belong in one step.
+    Each check keeps its own name, asset, blocking flag, automation condition and description;
+    a run selecting only some of them evaluates only those, and reads only their tables. The
+    tables are dependencies, not inputs: Dagster orders the step after them and loads nothing.
+    A failed blocking check fails the whole step, so only checks whose blocking stops the same
+    downstream assets belong in one step.
     """
-
-    def step(
-        context: AssetCheckExecutionContext, **tables: pl.LazyFrame
-    ) -> Iterator[AssetCheckResult]:
-        selected = context.selected_asset_check_keys
-        for check in checks:
-            if check.spec.key in selected:
-                result = check.evaluate(context, tables)
-                yield AssetCheckResult(
-                    asset_key=check.spec.asset_key,
-                    check_name=check.spec.name,
-                    passed=result.passed,
-                    severity=result.severity,
-                    metadata=result.metadata,
-                    description=result.description,
-                )
-
-    # The inputs are named parameters annotated LazyFrame, so the IO manager scans the tables
-    # instead of reading them whole: Dagster reads a function's inputs and their types from its
-    # `__signature__`, and an AssetIn cannot carry the type of an asset the checks also target.
-    step.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            *(
-                inspect.Parameter(
-                    input_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=pl.LazyFrame
-                )
-                for input_name in ins
-            ),
-        ],
-        return_annotation=Iterator[AssetCheckResult],
-    )
-    return multi_asset_check(
+    @multi_asset_check(
         name=name,
         specs=[check.spec for check in checks],
-        ins={input_name: AssetIn(key=key) for input_name, key in ins.items()},
         can_subset=True,
-        required_resource_keys=set(required_resource_keys),
+        required_resource_keys={"tables"},
         description=description,
-    )(step)
+    )
+    def step(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
+        yield from _evaluate_selected(context, checks, context.resources.tables)
+
+    return step

@@ -34,6 +34,7 @@ from dagster import (
 from deathmetal_lake.assets.gold import gold_assets
 from deathmetal_lake.assets.silver import silver_assets
 from deathmetal_lake.checks.evidence import PlannedCheck, check_result, checks_step
+from deathmetal_lake.resources import LakeTables
 from deathmetal_lake.rules import (
     FOLLOW_UPSTREAM_WITHIN_MINUTES,
     FRESHNESS_CHECK_CRON,
@@ -94,9 +95,7 @@ def _latest_timestamps(
 
 
 def _follows_upstream_check(key: AssetKey, upstream: Sequence[AssetKey]) -> PlannedCheck:
-    def evaluate(
-        context: AssetCheckExecutionContext, _: Mapping[str, pl.LazyFrame]
-    ) -> AssetCheckResult:
+    def evaluate(context: AssetCheckExecutionContext, _: LakeTables) -> AssetCheckResult:
         updated_at = _latest_timestamps(context, [key, *upstream])
         return evaluate_follows_upstream(
             updated_at[key],
@@ -132,7 +131,6 @@ def freshness_checks(
                 for key, deps in asset.asset_deps.items()
                 if deps
             ],
-            ins={},
             description="Silver and gold follow their upstream assets.",
         )
     ]

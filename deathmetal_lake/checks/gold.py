@@ -1,15 +1,16 @@
 """Sanity checks on the gold marts, all ERROR and blocking (gold feeds gold).
 
-- every mart is not empty when all its inputs are not (except `GOLD_MAY_BE_EMPTY`);
-- `top10_by_country` has at most TOP_PER_COUNTRY bands per country;
-- score averages (`GOLD_SCORE_COLUMNS`) are within the score range 0..100;
-- `album_rankings` is ordered: rank 1..n, weighted score never increasing with rank.
+Each mart's `Mart` declaration (`transforms.gold.MARTS`) names the rules its checks enforce:
+- not empty when all its inputs are not (unless `may_be_empty`);
+- `score_columns` within the score range 0..100;
+- `top_per_group`: at most N rows per group (`top10_by_country`: 10 bands per country);
+- `rank_order`: rank 1..n in row order, the score never increasing with rank.
 
 The evaluations stream (lazy aggregations, a sorted sample of the failing rows). The checks share
 steps: one per mart that feeds another mart, one for all the others (`gold_checks`).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import polars as pl
 from dagster import (
@@ -20,21 +21,21 @@ from dagster import (
     AssetKey,
 )
 
-from deathmetal_lake.assets.gold import gold_assets, gold_key
+from deathmetal_lake.assets.gold import gold_key
+from deathmetal_lake.assets.lineage import table_key
 from deathmetal_lake.checks.evidence import (
     SAMPLE_ROWS,
-    Evaluation,
     PlannedCheck,
     check_result,
     checks_step,
     collect_streaming,
-    parquet_rows,
+    table_check,
 )
-from deathmetal_lake.rules import GOLD_MAY_BE_EMPTY, GOLD_SCORE_COLUMNS, RULES
-from deathmetal_lake.transforms.gold import TOP_PER_COUNTRY
+from deathmetal_lake.resources import LakeTables
+from deathmetal_lake.rules import RULES
+from deathmetal_lake.transforms.gold import MARTS, Mart, RankOrder, TopPerGroup
 
 NOT_EMPTY = "not_empty_when_inputs_are_not"
-AT_MOST_TOP_PER_COUNTRY = "at_most_10_per_country"
 SCORES_IN_RANGE = "scores_in_range"
 RANKS_ORDERED = "ranks_ordered"
 
@@ -60,25 +61,26 @@ def evaluate_not_empty(table: pl.LazyFrame, input_rows: dict[str, int]) -> Asset
     )
 
 
-def evaluate_top_per_country(table: pl.LazyFrame) -> AssetCheckResult:
-    (counts,) = collect_streaming(table.group_by("country").agg(pl.len().alias("bands")))
-    over = counts.filter(pl.col("bands") > TOP_PER_COUNTRY)
+def evaluate_top_per_group(table: pl.LazyFrame, rule: TopPerGroup) -> AssetCheckResult:
+    group = rule.group
+    (counts,) = collect_streaming(table.group_by(group).agg(pl.len().alias("rows")))
+    over = counts.filter(pl.col("rows") > rule.limit)
     failing = None
     if over.height:
         (failing,) = collect_streaming(
-            table.join(over.lazy().select("country"), on="country", how="semi")
-            .filter(pl.col("rank") > TOP_PER_COUNTRY)
+            table.join(over.lazy().select(group), on=group, how="semi")
+            .filter(pl.col(rule.rank) > rule.limit)
             .sort(_sortable(table))
             .head(SAMPLE_ROWS)
         )
     return check_result(
         passed=over.is_empty(),
         counts={
-            "countries": counts.height,
-            "countries_over_limit": over.height,
-            "max_bands_per_country": int(counts["bands"].max() or 0),
+            f"{group}_values": counts.height,
+            f"{group}_values_over_limit": over.height,
+            f"max_rows_per_{group}": int(counts["rows"].max() or 0),
         },
-        thresholds={"max_bands_per_country": TOP_PER_COUNTRY},
+        thresholds={f"max_rows_per_{group}": rule.limit},
         failing=failing,
     )
 
@@ -111,12 +113,11 @@ def evaluate_scores_in_range(table: pl.LazyFrame, columns: tuple[str, ...]) -> A
     )
 
 
-def evaluate_rankings_ordered(table: pl.LazyFrame) -> AssetCheckResult:
+def evaluate_rankings_ordered(table: pl.LazyFrame, rule: RankOrder) -> AssetCheckResult:
     """Row order is the point here: the mart is written sorted and read back in file order."""
     positioned = table.with_row_index("position", offset=1)
-    wrong = (pl.col("rank") != pl.col("position").cast(pl.Int64)) | (
-        pl.col("weighted_score") > pl.col("weighted_score").shift(1)
-    )
+    score = pl.col(rule.score)
+    wrong = (pl.col(rule.rank) != pl.col("position").cast(pl.Int64)) | (score > score.shift(1))
     flagged = positioned.select("position", wrong.fill_null(False).alias("wrong"))
     size, first = collect_streaming(
         flagged.select(pl.len().alias("rows"), pl.col("wrong").sum()),
@@ -133,102 +134,90 @@ def evaluate_rankings_ordered(table: pl.LazyFrame) -> AssetCheckResult:
     return check_result(
         passed=not out_of_order,
         counts={"rows": rows, "out_of_order_rows": out_of_order},
-        thresholds={"order": "rank = row position 1..n; weighted_score non-increasing"},
+        thresholds={"order": f"{rule.rank} = row position 1..n; {rule.score} non-increasing"},
         failing=failing,
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Definitions
+# Definitions: from each mart's declaration (`transforms.gold.MARTS`)
 
 
-def _inputs(table: str) -> dict[str, AssetKey]:
-    asset = next(a for a in gold_assets if a.key == gold_key(table))
-    return dict(asset.keys_by_input_name)
+def _input_keys(mart: Mart) -> list[AssetKey]:
+    return [table_key(table) for table in mart.inputs]
 
 
-def _spec(
-    table: str, name: str, description: str, additional_deps: Sequence[AssetKey] = ()
-) -> AssetCheckSpec:
-    return AssetCheckSpec(
-        name,
-        asset=gold_key(table),
-        blocking=True,
-        description=description,
-        additional_deps=additional_deps,
-    )
+def _check(
+    mart: Mart,
+    name: str,
+    description: str,
+    evaluate: Callable[[pl.LazyFrame], AssetCheckResult],
+) -> PlannedCheck:
+    """A check of the mart's own table."""
+    spec = AssetCheckSpec(name, asset=gold_key(mart.name), blocking=True, description=description)
+    return table_check(spec, evaluate)
 
 
-def _on_table(table: str, evaluate: Callable[[pl.LazyFrame], AssetCheckResult]) -> Evaluation:
-    return lambda _, tables: evaluate(tables[table])
+def _not_empty(mart: Mart) -> PlannedCheck:
+    key, inputs = gold_key(mart.name), _input_keys(mart)
 
-
-def _not_empty(table: str) -> PlannedCheck:
-    inputs = _inputs(table)
-
-    def evaluate(
-        context: AssetCheckExecutionContext, tables: Mapping[str, pl.LazyFrame]
-    ) -> AssetCheckResult:
-        io_manager = context.resources.io_manager
-        input_rows = {
-            name: parquet_rows(io_manager, "/".join(key.path)) or 0 for name, key in inputs.items()
-        }
-        return evaluate_not_empty(tables[table], input_rows)
+    def evaluate(_: AssetCheckExecutionContext, tables: LakeTables) -> AssetCheckResult:
+        input_rows = {k.path[-1]: tables.rows(k) for k in inputs}
+        return evaluate_not_empty(tables.scan(key), input_rows)
 
     return PlannedCheck(
-        _spec(
-            table,
+        AssetCheckSpec(
             NOT_EMPTY,
-            f"Not empty when its inputs ({', '.join(inputs)}) are not.",
-            additional_deps=list(inputs.values()),
+            asset=key,
+            blocking=True,
+            description=f"Not empty when its inputs ({', '.join(mart.inputs)}) are not.",
+            additional_deps=inputs,
         ),
         evaluate,
+        reads=(key, *inputs),
     )
 
 
-def planned_gold_checks(table: str) -> list[PlannedCheck]:
-    """A mart's sanity checks, from `rules.py` and the mart's name."""
-    checks = [] if table in GOLD_MAY_BE_EMPTY else [_not_empty(table)]
-    if table in GOLD_SCORE_COLUMNS:
-        columns = GOLD_SCORE_COLUMNS[table]
+def planned_gold_checks(mart: Mart) -> list[PlannedCheck]:
+    """A mart's sanity checks, from the rules its declaration names."""
+    checks = [] if mart.may_be_empty else [_not_empty(mart)]
+    if mart.score_columns:
+        columns = mart.score_columns
         checks.append(
-            PlannedCheck(
-                _spec(
-                    table, SCORES_IN_RANGE, f"{', '.join(columns)} within the score range 0..100."
-                ),
-                _on_table(table, lambda frame: evaluate_scores_in_range(frame, columns)),
+            _check(
+                mart,
+                SCORES_IN_RANGE,
+                f"{', '.join(columns)} within the score range "
+                f"{_SCORE.minimum:g}..{_SCORE.maximum:g}.",
+                lambda table: evaluate_scores_in_range(table, columns),
             )
         )
-    if table == "top10_by_country":
+    if (top := mart.top_per_group) is not None:
         checks.append(
-            PlannedCheck(
-                _spec(
-                    table, AT_MOST_TOP_PER_COUNTRY, f"At most {TOP_PER_COUNTRY} bands per country."
-                ),
-                _on_table(table, evaluate_top_per_country),
+            _check(
+                mart,
+                f"at_most_{top.limit}_per_{top.group}",
+                f"At most {top.limit} rows per {top.group}.",
+                lambda table: evaluate_top_per_group(table, top),
             )
         )
-    if table == "album_rankings":
+    if (order := mart.rank_order) is not None:
         checks.append(
-            PlannedCheck(
-                _spec(
-                    table,
-                    RANKS_ORDERED,
-                    "rank is 1..n in row order and weighted_score never increases with it.",
-                ),
-                _on_table(table, evaluate_rankings_ordered),
+            _check(
+                mart,
+                RANKS_ORDERED,
+                f"{order.rank} is 1..n in row order and {order.score} never increases with it.",
+                lambda table: evaluate_rankings_ordered(table, order),
             )
         )
     return checks
 
 
-def _step(name: str, tables: list[str]) -> AssetChecksDefinition:
+def _step(name: str, marts: Sequence[Mart]) -> AssetChecksDefinition:
     return checks_step(
         name,
-        [check for table in tables for check in planned_gold_checks(table)],
-        ins={table: gold_key(table) for table in tables},
-        description=f"Sanity of gold: {', '.join(tables)}.",
-        required_resource_keys=frozenset({"io_manager"}),
+        [check for mart in marts for check in planned_gold_checks(mart)],
+        description=f"Sanity of gold: {', '.join(mart.name for mart in marts)}.",
     )
 
 
@@ -239,11 +228,10 @@ def gold_checks() -> list[AssetChecksDefinition]:
     that step: a mart read by another mart has a step of its own, so its failure stops exactly
     its readers and another mart's failure does not stop them.
     """
-    tables = [a.key.path[-1] for a in gold_assets]
-    marts = {a.key for a in gold_assets}
-    read_by_gold = {key.path[-1] for t in tables for key in _inputs(t).values() if key in marts}
-    checked = [t for t in tables if planned_gold_checks(t)]
+    names = {mart.name for mart in MARTS}
+    read_by_gold = {table for mart in MARTS for table in mart.inputs if table in names}
+    checked = [mart for mart in MARTS if planned_gold_checks(mart)]
     return [
-        *(_step(f"gold_{t}_checks", [t]) for t in checked if t in read_by_gold),
-        _step("gold_checks", [t for t in checked if t not in read_by_gold]),
+        *(_step(f"gold_{m.name}_checks", [m]) for m in checked if m.name in read_by_gold),
+        _step("gold_checks", [m for m in checked if m.name not in read_by_gold]),
     ]

@@ -38,7 +38,7 @@ def build_resources(settings: LakeSettings) -> dict[str, Any]:
     lake = LakeResource(settings=settings)
     boto3_config = boto3_fields(settings)
     s3 = LakeS3Resource(lake=lake, **boto3_config)
-    tables = LakeTables(lake=lake)
+    tables = LakeTables(lake=lake, base_dir=f"s3://{settings.bucket}")
     return {
         "lake": lake,
         "s3": s3,

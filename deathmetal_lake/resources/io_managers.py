@@ -13,6 +13,7 @@ from typing import Any, get_origin
 
 import polars as pl
 from dagster import (
+    AssetKey,
     ConfigurableIOManager,
     ConfigurableResource,
     InputContext,
@@ -29,6 +30,7 @@ from deathmetal_lake.resources.aws import LakeResource, LakeS3Resource, fsspec_s
 # Definition metadata of an asset whose table is a folder of Parquet parts.
 FOLDER_TABLE = {"lake/layout": "folder"}
 MANIFESTS_PREFIX = "manifests"
+PARQUET = ".parquet"
 
 
 @dataclass(frozen=True)
@@ -44,31 +46,63 @@ def is_folder_table(metadata: Any) -> bool:
 
 
 class LakeTables(ConfigurableResource):
-    """The lake's folder tables: which parts a table has, and all of them as one lazy frame."""
+    """The lake's tables by asset key: `{key}.parquet`, or a folder `{key}/` of Parquet parts.
+
+    The one place that knows where a table lives, for the IO manager, the silver merge and the
+    checks; every look at the bucket is fresh (fsspec caches listings per process, which would
+    hide a table another run wrote since).
+    """
 
     lake: ResourceDependency[LakeResource]
+    base_dir: str
 
-    def folder(self, asset_key_path: list[str]) -> UPath:
+    def _root(self) -> UPath:
+        root = UPath(self.base_dir, **self._fsspec_options())
+        root.fs.invalidate_cache()
+        return root
+
+    def _fsspec_options(self) -> dict[str, Any]:
+        remote = self.base_dir.startswith("s3://")
+        return fsspec_storage_options(self.lake.settings) if remote else {}
+
+    def folder(self, key: AssetKey) -> UPath:
         """The folder of a folder table, e.g. `s3://bucket/silver/reviews/`."""
-        settings = self.lake.settings
-        root = UPath(f"s3://{settings.bucket}", **fsspec_storage_options(settings))
-        return root.joinpath(*asset_key_path)
+        return self._root().joinpath(*key.path)
 
-    def part_names(self, asset_key_path: list[str]) -> set[str]:
+    def part_names(self, key: AssetKey) -> set[str]:
         """Names (without `.parquet`) of the parts a folder table has now."""
-        folder = self.folder(asset_key_path)
-        # s3fs caches listings per process; parts written by another run would be missed.
-        folder.fs.invalidate_cache(folder.path)
-        if not folder.exists():
+        folder = self.folder(key)
+        if not folder.is_dir():
             return set()
-        return {p.name.removesuffix(".parquet") for p in folder.iterdir() if p.suffix == ".parquet"}
+        return {p.name.removesuffix(PARQUET) for p in folder.iterdir() if p.suffix == PARQUET}
 
-    def scan(self, asset_key_path: list[str]) -> pl.LazyFrame | None:
-        """Every part of a folder table as one lazy frame, None while it has no part."""
-        if not self.part_names(asset_key_path):
-            return None
-        glob = f"{self.folder(asset_key_path)}/*.parquet"
-        return pl.scan_parquet(glob, storage_options=self.lake.polars_storage_options())
+    def _locate(self, key: AssetKey) -> str | None:
+        """The file, or the folder of parts as a glob, that holds the table; None if neither."""
+        root = self._root()
+        *parents, name = key.path
+        file = root.joinpath(*parents, f"{name}{PARQUET}")
+        if file.exists():
+            return str(file)
+        folder = root.joinpath(*key.path)
+        if folder.is_dir() and any(folder.rglob(f"*{PARQUET}")):
+            return f"{folder}/**/*{PARQUET}"
+        return None
+
+    def exists(self, key: AssetKey) -> bool:
+        return self._locate(key) is not None
+
+    def scan(self, key: AssetKey) -> pl.LazyFrame:
+        """The table as a LazyFrame: nothing is read until the caller collects what it needs."""
+        source = self._locate(key)
+        if source is None:
+            raise FileNotFoundError(f"{key.to_user_string()} has no table in the lake yet")
+        remote = self.base_dir.startswith("s3://")
+        options = self.lake.polars_storage_options() if remote else None
+        return pl.scan_parquet(source, storage_options=options)
+
+    def rows(self, key: AssetKey) -> int:
+        """Row count (Polars reads it from the Parquet footers)."""
+        return self.scan(key).select(pl.len()).collect().item()
 
 
 class LakeParquetIOManager(PolarsParquetIOManager):
@@ -80,7 +114,8 @@ class LakeParquetIOManager(PolarsParquetIOManager):
         if not isinstance(obj, TableUpdate):
             super().handle_output(context, obj)
             return
-        folder = self.tables.folder(list(context.asset_key.path))
+        folder = self.tables.folder(context.asset_key)
+        folder.fs.makedirs(folder.path, exist_ok=True)  # a local lake needs it; S3 has no folders
         for name, frame in obj.write.items():
             self.sink_df_to_path(context, frame, folder / f"{name}.parquet")
         # New parts first: a reader between the two steps sees a row twice, never lose one.
@@ -109,13 +144,7 @@ class LakeParquetIOManager(PolarsParquetIOManager):
         return super().load_input(context)
 
     def _load_folder(self, context: InputContext) -> pl.LazyFrame | pl.DataFrame:
-        path = list(context.asset_key.path)
-        frame = self.tables.scan(path)
-        if frame is None:
-            raise FileNotFoundError(
-                f"{context.asset_key.to_user_string()} has no parts yet in "
-                f"{self.tables.folder(path)}: materialize it first"
-            )
+        frame = self.tables.scan(context.asset_key)
         eager = context.dagster_type.typing_type is pl.DataFrame
         return frame.collect(engine="streaming") if eager else frame
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import polars as pl
 
 BRAZIL = "Brazil"
@@ -147,6 +151,74 @@ def genre_by_decade(music_catalog: pl.LazyFrame) -> pl.LazyFrame:
         .agg(pl.col("album_id").n_unique().cast(pl.Int64).alias("album_count"))
         .sort("genre", "decade")
     )
+
+
+@dataclass(frozen=True)
+class TopPerGroup:
+    """At most `limit` rows per value of `group`, numbered 1.. in `rank`."""
+
+    group: str
+    rank: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class RankOrder:
+    """`rank` is the row position 1..n and `score` never increases with it."""
+
+    rank: str
+    score: str
+
+
+@dataclass(frozen=True)
+class Mart:
+    """A gold mart declared once: its transform and the sanity rules its checks enforce.
+
+    The transform's table parameters name its inputs (silver or gold tables); its name is the
+    mart's. `score_columns` hold review scores or their averages (0..100); `may_be_empty` marks a
+    mart that can be empty while its inputs are not (a filter that can match nothing).
+    """
+
+    transform: Callable[..., pl.LazyFrame]
+    score_columns: tuple[str, ...] = ()
+    may_be_empty: bool = False
+    top_per_group: TopPerGroup | None = None
+    rank_order: RankOrder | None = None
+
+    @property
+    def name(self) -> str:
+        return self.transform.__name__
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The transform's table parameters: positional, without defaults."""
+        return tuple(
+            p.name
+            for p in inspect.signature(self.transform).parameters.values()
+            if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+        )
+
+    @property
+    def summary(self) -> str:
+        return (inspect.getdoc(self.transform) or self.name).split("\n\n", 1)[0]
+
+
+MARTS: tuple[Mart, ...] = (
+    Mart(band_avg_scores, score_columns=("mean_score", "min_score", "max_score")),
+    Mart(
+        top10_by_country,
+        score_columns=("mean_score",),
+        top_per_group=TopPerGroup("country", "rank", TOP_PER_COUNTRY),
+    ),
+    Mart(brazilian_bands, may_be_empty=True),
+    Mart(band_album_counts),
+    Mart(
+        album_rankings,
+        score_columns=("mean_score", "weighted_score"),
+        rank_order=RankOrder("rank", "weighted_score"),
+    ),
+    Mart(genre_by_decade),
+)
 
 
 _BY_BAND = [("album_reviews", "band_id")]

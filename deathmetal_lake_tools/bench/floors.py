@@ -28,15 +28,6 @@ STAGE_INPUT = {
 }
 
 
-def _gold_inputs(transform: Callable[..., Any]) -> list[str]:
-    """A gold transform's table parameters (positional, no default), as its asset's inputs."""
-    return [
-        p.name
-        for p in inspect.signature(transform).parameters.values()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
-    ]
-
-
 def run_floor(
     csv_dir: Path,
     root: str,
@@ -48,11 +39,11 @@ def run_floor(
     """Bronze, silver and gold with plain Polars under `root` (a folder or an s3:// URL)."""
     import polars as pl
 
-    from deathmetal_lake.assets.gold import GOLD_TABLES
     from deathmetal_lake.assets.lineage import SILVER_TABLES
     from deathmetal_lake.rows import PARSE_ERROR as PARSE_ERROR_COLUMN
     from deathmetal_lake.rows import RAW as RAW_COLUMN
     from deathmetal_lake.transforms import joins, merge
+    from deathmetal_lake.transforms.gold import MARTS
 
     options = {"storage_options": storage_options} if storage_options else {}
     ingest = {d.name: f"{d.name}-floor" for d in DATASETS}
@@ -125,11 +116,9 @@ def run_floor(
         )
 
     def gold() -> None:
-        for transform in GOLD_TABLES:
-            tables = {name: scan(name) for name in _gold_inputs(transform)}
-            transform(**tables).sink_parquet(
-                path("gold", f"{transform.__name__}.parquet"), **options
-            )
+        for mart in MARTS:
+            tables = {name: scan(name) for name in mart.inputs}
+            mart.transform(**tables).sink_parquet(path("gold", f"{mart.name}.parquet"), **options)
 
     stages: dict[str, dict[str, Any]] = {}
     windows = []
