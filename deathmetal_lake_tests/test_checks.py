@@ -679,7 +679,6 @@ def test_lake_tables_on_s3_see_tables_written_since_a_listing(embedded_aws) -> N
     listed its layer is still found, as a file or as a folder of parts."""
     from upath import UPath
 
-
     settings = embedded_aws
     resources = build_resources(settings)
     io_manager, tables = resources["io_manager"], resources["tables"]

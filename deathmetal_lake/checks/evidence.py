@@ -171,6 +171,7 @@ def checks_step(
     A failed blocking check fails the whole step, so only checks whose blocking stops the same
     downstream assets belong in one step.
     """
+
     @multi_asset_check(
         name=name,
         specs=[check.spec for check in checks],
