@@ -5,13 +5,17 @@
 ships STOPPED: on real AWS each tick lists the prefix (billed requests), so users who upload to
 S3 turn it on in the UI.
 
-Both share one planner. A file is ingested once its fingerprint (size and mtime, or size and ETag)
-stayed the same for two ticks, so a file still being written waits. Its partition key comes from
-its content, so a touched but unchanged file starts nothing, and the cursor (what was seen, what is
-pending, which unknown names were reported) makes a restarted daemon pick up where it was.
+Both share one planner. A file is ingested once it is complete: an S3 object as soon as it is
+listed (S3 shows an upload only once it is whole), a local file once its modification time is
+`SETTLE_SECONDS` old, or once it stayed unchanged from one tick to the next. So a file moved into
+the folder whole (an atomic rename) is ingested on the first tick that sees it, and a file still
+being written waits. Its partition key comes from its content, so a touched but unchanged file
+starts nothing, and the cursor (what was seen, what is pending, which unknown names were
+reported) makes a restarted daemon pick up where it was.
 """
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import Logger
@@ -37,6 +41,15 @@ KNOWN_NAMES = ", ".join(f"{d.name}.csv or {d.name}_<anything>.csv" for d in DATA
 # declares a target, and it resolves each request's asset subset against this selection.
 INGEST_ASSETS = [key for d in DATASETS for key in (landing_key(d), bronze_key(d))]
 
+SETTLE_SECONDS = 1.0
+"""How long a local file's modification time must stand still before the file counts as complete.
+
+Every write moves the modification time, so a file this old has not been written to for that long:
+a copy, an editor's save or a producer streaming rows writes again well within it unless it
+stalls. Short, because every drop waits it out once before it is ingested; a file moved in by an
+atomic rename keeps the time of its last write and usually is this old already.
+"""
+
 
 @dataclass
 class Cursor:
@@ -60,13 +73,37 @@ class Plan:
     current: dict[str, set[str]] = field(default_factory=dict)
 
 
+def is_complete(source: SourceFile, now: float) -> bool:
+    """True if the file can no longer be growing: listed whole, or not written for a while."""
+    return source.modified_at is None or now - source.modified_at >= SETTLE_SECONDS
+
+
+def settle_wait(sources: list[SourceFile], cursor: Cursor, now: float) -> float:
+    """Seconds until every new, still settling file is `SETTLE_SECONDS` old (at most that)."""
+    waits = [
+        SETTLE_SECONDS - (now - source.modified_at)
+        for source in sources
+        if source.modified_at is not None
+        and source.dataset is not None
+        and cursor.seen.get(source.location) != source.fingerprint
+        and not is_complete(source, now)
+    ]
+    return min(max(waits, default=0.0), SETTLE_SECONDS)
+
+
 def plan_ingests(
     sources: list[SourceFile],
     cursor: Cursor,
     partition_exists: Callable[[str, str], bool],
     log: Logger,
+    now: float | None = None,
 ) -> Plan:
-    """Decide which files to ingest this tick; updates `cursor` in place."""
+    """Decide which files to ingest this tick (`now` defaults to the clock); updates `cursor`.
+
+    A file is ingested when it is complete at `now` or unchanged since `cursor.pending` noted it,
+    so a caller that knows its files are whole can list them as pending.
+    """
+    now = time.time() if now is None else now
     plan = Plan()
     present = {source.location for source in sources}
     cursor.seen = {loc: fp for loc, fp in cursor.seen.items() if loc in present}
@@ -81,10 +118,11 @@ def plan_ingests(
             continue
         if cursor.seen.get(source.location) == source.fingerprint:
             continue
-        if cursor.pending.get(source.location) != source.fingerprint:
+        unchanged = cursor.pending.get(source.location) == source.fingerprint
+        if not (unchanged or is_complete(source, now)):
             cursor.pending[source.location] = source.fingerprint
             continue
-        del cursor.pending[source.location]
+        cursor.pending.pop(source.location, None)
         cursor.seen[source.location] = source.fingerprint
         key = ingest_key(source.name, content_hash(source))
         plan.current.setdefault(dataset.name, set()).add(key)
@@ -122,14 +160,26 @@ def _evaluate(context: SensorEvaluationContext, sources: list[SourceFile]) -> Se
     )
 
 
+# Each tick costs a listing of the folder. Dagster's sensor daemon itself loops every few
+# seconds, so this lets the sensor tick on every loop rather than on every other one.
 @sensor(
     asset_selection=INGEST_ASSETS,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
     default_status=DefaultSensorStatus.RUNNING,
 )
 def csv_dir_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult:
-    """Ingests new or changed `{dataset}.csv` / `{dataset}_*.csv` files in LAKE_CSV_DIR."""
-    return _evaluate(context, local_sources(Path(lake.csv_dir)))
+    """Ingests new or changed `{dataset}.csv` / `{dataset}_*.csv` files in LAKE_CSV_DIR.
+
+    A file dropped just now is waited for within the tick (at most `SETTLE_SECONDS`) and looked
+    at again, rather than left for the next tick, which comes seconds later.
+    """
+    folder = Path(lake.csv_dir)
+    sources = local_sources(folder)
+    wait = settle_wait(sources, Cursor.parse(context.cursor), time.time())
+    if wait > 0:
+        time.sleep(wait)
+        sources = local_sources(folder)
+    return _evaluate(context, sources)
 
 
 @sensor(
