@@ -242,7 +242,7 @@ query RunFailure($runId: ID!) {
     ... on EventConnection {
       events {
         __typename
-        ... on ExecutionStepFailureEvent { stepKey error { message } }
+        ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } }
         ... on RunFailureEvent { message }
         ... on EngineEvent { message error { message } }
       }
@@ -472,8 +472,9 @@ class LakeView:
         errors = []
         for event in events:
             if event["__typename"] == "ExecutionStepFailureEvent":
-                message = (event["error"] or {}).get("message", "").strip()
-                errors.append(f"step {event['stepKey']}: {message}")
+                error = event["error"] or {"message": "(no error recorded)", "causes": []}
+                chain = [error["message"], *(cause["message"] for cause in error["causes"])]
+                errors.append(f"step {event['stepKey']}: " + " <- ".join(m.strip() for m in chain))
             elif event["__typename"] == "RunFailureEvent":
                 errors.append(f"run: {event['message']}")
             elif event["__typename"] == "EngineEvent" and event.get("error"):
