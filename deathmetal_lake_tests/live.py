@@ -466,6 +466,18 @@ class LakeView:
                 ]
         return sorted(failed)
 
+    def problems(self, state: LakeState) -> list[str]:
+        """What keeps the lake from green: failed runs, errored checks, assets never built."""
+        problems = []
+        if state.failed_runs:
+            problems.append(f"{len(state.failed_runs)} of {len(state.runs)} runs failed")
+        failed_checks = self.failed_check_executions(state)
+        if failed_checks:
+            problems.append("check executions failed: " + ", ".join(failed_checks))
+        if state.unmaterialized:
+            problems.append("never materialized: " + ", ".join(state.unmaterialized))
+        return problems
+
     def run_errors(self, run: Run) -> list[str]:
         """The step failures and the run failure message of a failed run."""
         events = self.query(RUN_FAILURE_QUERY, runId=run.run_id)["logsForRun"]["events"]

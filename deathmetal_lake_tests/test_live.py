@@ -50,14 +50,7 @@ def first_start(view: LakeView) -> LakeState:
 
 def assert_green(view: LakeView, state: LakeState) -> None:
     """No run failed, no check execution errored, every asset materialized."""
-    problems = []
-    if state.failed_runs:
-        problems.append(f"{len(state.failed_runs)} of {len(state.runs)} runs failed")
-    failed_checks = view.failed_check_executions(state)
-    if failed_checks:
-        problems.append("check executions failed: " + ", ".join(failed_checks))
-    if state.unmaterialized:
-        problems.append("never materialized: " + ", ".join(state.unmaterialized))
+    problems = view.problems(state)
     assert not problems, "\n".join(problems) + "\n\n" + view.report(state)
 
 

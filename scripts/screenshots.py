@@ -15,6 +15,7 @@ Selenium drives /usr/bin/chromium through /usr/bin/chromedriver.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -151,7 +152,12 @@ def main() -> int:
             return 0
         with running_lake(work / "lake") as lake:
             view = LakeView(lake)
-            view.wait_until(LakeState.settled, SETTLE_TIMEOUT, "the first start to settle")
+            state = view.wait_until(LakeState.settled, SETTLE_TIMEOUT, "the first start to settle")
+            problems = view.problems(state)
+            if problems:
+                # A red lake makes misleading pictures: say why and leave the old ones.
+                print("\n".join(problems) + "\n\n" + view.report(state), file=sys.stderr)
+                return 1
             take_screenshots(lake.url, args.out, work)
     return 0
 
