@@ -35,7 +35,15 @@ from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake_tests.conftest import REPO_ROOT, SAMPLE_CSV_DIR, free_port, make_settings
 
 DAGSTER = Path(sys.executable).with_name("dagster")
-ACTIVE_RUN_STATUSES = {"QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "CANCELING"}
+ACTIVE_RUN_STATUSES = {
+    "QUEUED",
+    "NOT_STARTED",
+    "MANAGED",
+    "STARTING",
+    "STARTED",
+    "SUSPENDED",
+    "CANCELING",
+}
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 60
 
@@ -68,6 +76,7 @@ def lake_environment(settings: LakeSettings) -> dict[str, str]:
             "LAKE_STATE_DIR": str(settings.state_dir),
             "LAKE_CSV_DIR": str(settings.csv_dir),
             "LAKE_BUCKET": settings.bucket,
+            "AWS_DEFAULT_REGION": settings.region,
             "LAKE_EMBEDDED_BUFFER_SECONDS": str(settings.embedded_buffer_seconds),
             "LAKE_LANDING_TIMEOUT_SECONDS": str(settings.landing_timeout_seconds),
             "DAGSTER_HOME": str(settings.instance_dir),
@@ -321,8 +330,7 @@ class LakeState:
         """
         if not self.assets or self.active_runs:
             return False
-        last_activity = max((run.ended or run.created for run in self.runs), default=since)
-        last_activity = max(last_activity, since)
+        last_activity = max([since, *(run.ended or run.created for run in self.runs)])
         return all(
             tick is not None
             and tick.status in ("SKIPPED", "SUCCESS")
@@ -350,6 +358,13 @@ class LakeState:
 
 def _key(path: list[str]) -> str:
     return "/".join(path)
+
+
+def _expect(result: dict[str, Any], typename: str) -> dict[str, Any]:
+    """A union field's answer, if it is the type asked for (not an error type)."""
+    if result["__typename"] != typename:
+        raise GraphQLError(f"expected {typename}, got {json.dumps(result, indent=2)}")
+    return result
 
 
 class LakeView:
@@ -402,12 +417,12 @@ class LakeView:
                 tags={tag["key"]: tag["value"] for tag in run["tags"]},
                 assets=tuple(_key(a["path"]) for a in run["assetSelection"] or []),
             )
-            for run in data["runsOrError"]["results"]
+            for run in _expect(data["runsOrError"], "Runs")["results"]
         ]
         assets = {}
         for node in data["assetNodes"]:
             latest = node["assetMaterializations"]
-            checks = node["assetChecksOrError"].get("checks", [])
+            checks = _expect(node["assetChecksOrError"], "AssetChecks")["checks"]
             key = _key(node["assetKey"]["path"])
             assets[key] = Asset(
                 key=key,
@@ -417,7 +432,7 @@ class LakeView:
                 checks=tuple(check["name"] for check in checks),
             )
         ticks: dict[str, SensorTick | None] = {}
-        for sensor in data["sensorsOrError"]["results"]:
+        for sensor in _expect(data["sensorsOrError"], "Sensors")["results"]:
             if sensor["sensorState"]["status"] != "RUNNING":
                 continue
             latest = sensor["sensorState"]["ticks"]
@@ -480,7 +495,8 @@ class LakeView:
 
     def run_errors(self, run: Run) -> list[str]:
         """The step failures and the run failure message of a failed run."""
-        events = self.query(RUN_FAILURE_QUERY, runId=run.run_id)["logsForRun"]["events"]
+        logs = self.query(RUN_FAILURE_QUERY, runId=run.run_id)["logsForRun"]
+        events = _expect(logs, "EventConnection")["events"]
         errors = []
         for event in events:
             if event["__typename"] == "ExecutionStepFailureEvent":

@@ -140,6 +140,7 @@ def test_dropped_reviews_reach_silver_and_gold(
 
     settled = view.wait_until(LakeState.settled, SETTLE_TIMEOUT, "the lake to settle again")
     assert_green(view, settled)
+    report = latency_report(settled, dropped_at, targets)  # the same, with every run's end
 
     silver_ids = set(read_table(settings, "silver", "reviews").get_column("id").to_list())
     assert set(increment.get_column("id").to_list()) <= silver_ids
