@@ -18,7 +18,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from deathmetal_lake_tests.live import LakeState, LakeView, LiveLake, read_table, running_lake
+from deathmetal_lake_tests.lake_view import LakeState, LakeView
+from deathmetal_lake_tests.live import LiveLake, read_table, running_lake
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,8 @@ from selenium.webdriver.remote.webdriver import WebDriver, WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from deathmetal_lake_tests.live import LakeState, LakeView, running_lake
+from deathmetal_lake_tests.lake_view import LakeState, LakeView
+from deathmetal_lake_tests.live import running_lake
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
