@@ -16,22 +16,16 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
-from deathmetal_lake.assets.staging import staging_key, staging_order
+from deathmetal_lake.assets.staging import staging_key
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.partitions import INGEST_PARTITIONS
-from deathmetal_lake.rows import IngestKey
-from deathmetal_lake.sensors import Cursor, plan_ingests
+from deathmetal_lake.sensors import Cursor, needs_restaging, plan_ingests
 from deathmetal_lake.settings import LakeSettings, load_settings
 from deathmetal_lake.sources import local_sources
-from deathmetal_lake.transforms.merge import current_ingests
 
 log = logging.getLogger("deathmetal_lake.run")
 TAGS = {"lake/launched_by": "make run"}
-
-
-def _source_file(ingest_id: str) -> str:
-    return IngestKey.parse(ingest_id).source_file
 
 
 def _ingest_runs(
@@ -42,7 +36,6 @@ def _ingest_runs(
     for name, partitions in INGEST_PARTITIONS.items():
         dataset = DATASETS_BY_NAME[name]
         landed = instance.get_materialized_partitions(bronze_key(dataset))
-        staged = set(current_ingests(staging_order(instance, dataset), _source_file))
         files_now = current.get(name, set())
         for key in instance.get_dynamic_partitions(partitions.name):
             if key not in files_now:
@@ -59,7 +52,7 @@ def _ingest_runs(
                 runs.append(
                     (key, [landing_key(dataset), bronze_key(dataset), staging_key(dataset)])
                 )
-            elif key not in staged:
+            elif needs_restaging(instance, dataset, key):
                 runs.append((key, [staging_key(dataset)]))
     return runs
 

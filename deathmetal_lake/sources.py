@@ -27,6 +27,9 @@ class SourceFile:
     location: str
     fingerprint: str
     open: Callable[[], BinaryIO]
+    # Epoch seconds of the last write, for stores where a file grows while written (a local
+    # folder); None where an object appears whole (S3 lists an upload once it is complete).
+    modified_at: float | None = None
 
     @property
     def dataset(self) -> Dataset | None:
@@ -46,6 +49,7 @@ def local_sources(csv_dir: Path) -> list[SourceFile]:
                 location=str(path.resolve()),
                 fingerprint=f"{stat.st_size}:{stat.st_mtime_ns}",
                 open=lambda path=path: path.open("rb"),
+                modified_at=stat.st_mtime,
             )
         )
     return found

@@ -17,6 +17,8 @@ import hashlib
 import logging
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +36,10 @@ from dagster import (
 )
 
 from deathmetal_lake.datasets import DATASETS
-from deathmetal_lake.definitions import defs
+from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import build_resources
-from deathmetal_lake.sensors import Cursor, csv_dir_sensor, s3_raw_sensor
+from deathmetal_lake.sensors import SETTLE_SECONDS, Cursor, csv_dir_sensor, s3_raw_sensor
 from deathmetal_lake.settings import AwsMode, LakeSettings
 from deathmetal_lake_tests.conftest import aws_client, make_settings
 
@@ -47,6 +49,14 @@ BANDS = (
 )
 ALBUMS = b"id,band,title,year\n1,1,Scream Bloody Gore,1987\n"
 REVIEWS = b"id,album,title,score,content\n1,1,Classic,95,Raw and brutal.\n"
+# What an ingest run carries on a fresh instance: what reads only this dataset's tables.
+FRESH_DOWNSTREAM = {
+    dataset: {AssetKey(["silver", dataset]), AssetKey(["quarantine", dataset])}
+    for dataset in ("albums", "bands", "reviews")
+}
+FRESH_DOWNSTREAM["bands"].add(AssetKey(["gold", "brazilian_bands"]))
+# What the daemon resolves run requests against; the settings do not matter for that.
+DEFS = build_definitions(LakeSettings())
 
 
 def expected_key(file_name: str, content: bytes) -> str:
@@ -98,7 +108,7 @@ class Daemon:
             instance_ref=self.instance.get_ref(),
             cursor=self.cursor,
             resources=self.resources,
-            definitions=defs,
+            definitions=DEFS,
             sensor_name=self.sensor.name,
         ) as context:
             context.log.addHandler(records)
@@ -127,15 +137,19 @@ class Daemon:
 def assert_ingest(
     tick: Tick, dataset: str, keys: list[str], sources: list[str] | None = None
 ) -> None:
-    """Exactly one run per key, each landing+bronze of the dataset, and one partition request."""
+    """Exactly one run per key, and one partition request. Each run takes its ingest through
+    landing, bronze and staging to the dataset's silver table and quarantine (on this fresh
+    instance, the joins and gold wait: their other tables were never built)."""
     assert [r.partition_key for r in tick.run_requests] == keys
     for request, key in zip(tick.run_requests, keys, strict=True):
         assert re.fullmatch(r".+-[0-9a-f]{12}", key)
         assert request.run_key == key
-        assert request.asset_selection == [
-            AssetKey(["landing", dataset]),
-            AssetKey(["bronze", dataset]),
-        ]
+        ingest = [AssetKey([layer, dataset]) for layer in ("landing", "bronze", "staging")]
+        assert request.asset_selection[:3] == ingest
+        assert set(request.asset_selection[3:]) == FRESH_DOWNSTREAM[dataset]
+        checked = {check.asset_key for check in request.asset_check_keys or []}
+        assert checked == set(request.asset_selection) - {AssetKey(["staging", dataset])}
+        assert request.tags["lake/refresh"] == "true"
         assert request.tags["dagster/partition"] == key
         assert request.tags["lake/dataset"] == dataset
     if sources is not None:
@@ -154,12 +168,34 @@ def partitions(instance: DagsterInstance, dataset: str) -> list[str]:
     return list(instance.get_dynamic_partitions(f"{dataset}_ingests"))
 
 
-def write(path: Path, content: bytes, mtime_step: int = 0) -> Path:
-    """Writes the file; `mtime_step` seconds later than before, so a rewrite is always visible."""
-    before = path.stat().st_mtime_ns if path.exists() else None
+def set_mtime(path: Path, seconds: float) -> None:
+    os.utime(path, (seconds, seconds))
+
+
+def write(path: Path, content: bytes) -> Path:
+    """Writes the file as written a while ago: complete, so the sensor need not wait for it."""
     path.write_bytes(content)
-    if before is not None and mtime_step:
-        os.utime(path, ns=(before + mtime_step * 10**9, before + mtime_step * 10**9))
+    set_mtime(path, time.time() - 2 * SETTLE_SECONDS)
+    return path
+
+
+def drop(path: Path, content: bytes, staging: Path) -> Path:
+    """Writes the file elsewhere and renames it into the folder, as the README advises."""
+    staging.mkdir(exist_ok=True)
+    staged = staging / path.name
+    staged.write_bytes(content)
+    os.replace(staged, path)
+    return path
+
+
+def write_ahead_of_the_clock(path: Path, content: bytes) -> Path:
+    """Writes the file with a modification time in the future (a share whose clock runs ahead).
+
+    Its age never reaches `SETTLE_SECONDS`, so the sensor takes it only once it stayed unchanged
+    from one tick to the next: a file the sensor has seen and holds as pending.
+    """
+    path.write_bytes(content)
+    set_mtime(path, time.time() + 3600)
     return path
 
 
@@ -169,8 +205,7 @@ def fingerprint(path: Path) -> str:
 
 
 def touch(path: Path) -> None:
-    mtime = path.stat().st_mtime_ns + 10**9
-    os.utime(path, ns=(mtime, mtime))
+    set_mtime(path, path.stat().st_mtime - 1)
 
 
 @pytest.fixture(scope="module")
@@ -205,21 +240,23 @@ def csv_daemon(local_settings: LakeSettings, instance: DagsterInstance) -> Daemo
 # --- csv_dir_sensor ----------------------------------------------------------------------------
 
 
-def test_new_file_is_ingested_once_after_two_unchanged_ticks(
-    csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
+def test_renamed_file_is_ingested_once_on_the_first_tick(
+    csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    path = write(local_settings.csv_path / "bands.csv", BANDS)
+    path = drop(local_settings.csv_path / "bands.csv", BANDS, tmp_path / "staging")
     key = expected_key("bands.csv", BANDS)
     assert key.startswith("bands-")
+    # Just written: the first tick waits out the rest of the settle time rather than the next tick.
+    assert time.time() - path.stat().st_mtime < SETTLE_SECONDS
 
-    first, second, third = csv_daemon.ticks(3)
+    first, second = csv_daemon.ticks(2)
 
-    assert_nothing(first)
-    assert Cursor.parse(first.cursor).pending == {str(path.resolve()): fingerprint(path)}
-    assert_ingest(second, "bands", [key], sources=[str(path.resolve())])
+    assert_ingest(first, "bands", [key], sources=[str(path.resolve())])
+    assert Cursor.parse(first.cursor).seen == {str(path.resolve()): fingerprint(path)}
+    assert Cursor.parse(first.cursor).pending == {}
     assert partitions(instance, "bands") == [key]
     assert partitions(instance, "albums") == partitions(instance, "reviews") == []
-    assert_nothing(third)
+    assert_nothing(second)
     assert partitions(instance, "bands") == [key]
 
 
@@ -227,9 +264,10 @@ def test_restarted_daemon_continues_from_the_stored_cursor(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
     bands = write(local_settings.csv_path / "bands.csv", BANDS)
-    csv_daemon.ticks(2)
-    albums = write(local_settings.csv_path / "albums.csv", ALBUMS)
+    csv_daemon.tick()
+    albums = write_ahead_of_the_clock(local_settings.csv_path / "albums.csv", ALBUMS)
     assert_nothing(csv_daemon.tick())  # albums.csv pending when the daemon stops
+    assert Cursor.parse(csv_daemon.cursor).pending == {str(albums.resolve()): fingerprint(albums)}
 
     stored = csv_daemon.cursor
     assert stored is not None
@@ -249,7 +287,7 @@ def test_lost_cursor_does_not_ingest_known_content_again(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
     write(local_settings.csv_path / "bands.csv", BANDS)
-    csv_daemon.ticks(2)
+    csv_daemon.tick()
 
     reset = Daemon(csv_dir_sensor, instance, csv_daemon.resources)  # cursor cleared in the UI
     first, second = reset.ticks(2)
@@ -257,7 +295,7 @@ def test_lost_cursor_does_not_ingest_known_content_again(
     assert_nothing(first)
     assert_nothing(second)
     key = expected_key("bands.csv", BANDS)
-    assert any(f"already ingested as {key}" in r.getMessage() for r in second.logs)
+    assert any(f"already ingested as {key}" in r.getMessage() for r in first.logs)
     assert partitions(instance, "bands") == [key]
 
 
@@ -265,50 +303,69 @@ def test_changed_content_gets_a_new_partition(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
     path = write(local_settings.csv_path / "bands.csv", BANDS)
-    csv_daemon.ticks(2)
+    csv_daemon.tick()
     changed = BANDS + b"2,Morbid Angel,US,Active,1983,Death,Occult,1983-present\n"
-    write(path, changed, mtime_step=1)
+    write(path, changed)
 
-    first, second, third = csv_daemon.ticks(3)
+    first, second = csv_daemon.ticks(2)
 
-    assert_nothing(first)
-    assert_ingest(second, "bands", [expected_key("bands.csv", changed)])
-    assert_nothing(third)
+    assert_ingest(first, "bands", [expected_key("bands.csv", changed)])
+    assert_nothing(second)
     assert partitions(instance, "bands") == [
         expected_key("bands.csv", BANDS),
         expected_key("bands.csv", changed),
     ]
 
 
-def test_file_still_being_written_waits(
+def test_file_still_being_written_is_not_ingested(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
-    rows = REVIEWS.splitlines(keepends=True)
-    more = b"".join(f"{n},1,Again,{n},Still brutal.\n".encode() for n in range(2, 50))
-    path = write(local_settings.csv_path / "reviews.csv", rows[0])
+    path = local_settings.csv_path / "reviews.csv"
+    started, done = threading.Event(), threading.Event()
 
-    assert_nothing(csv_daemon.tick())
-    write(path, rows[0] + rows[1], mtime_step=1)
-    assert_nothing(csv_daemon.tick())
-    write(path, REVIEWS + more, mtime_step=1)
-    assert_nothing(csv_daemon.tick())
+    def append_rows() -> None:
+        """A producer writing the file in place, a row at a time, until told to stop."""
+        with path.open("wb") as out:
+            out.write(REVIEWS)
+            out.flush()
+            started.set()
+            n = 2
+            while not done.is_set():
+                out.write(f"{n},1,Again,{n % 101},Still brutal.\n".encode())
+                out.flush()
+                n += 1
+                time.sleep(SETTLE_SECONDS / 20)
+
+    writer = threading.Thread(target=append_rows)
+    writer.start()
+    try:
+        assert started.wait(10)
+        ticks = csv_daemon.ticks(3)
+    finally:
+        done.set()
+        writer.join()
+
+    for tick in ticks:
+        assert_nothing(tick)
+    assert Cursor.parse(ticks[-1].cursor).pending.keys() == {str(path.resolve())}
     assert partitions(instance, "reviews") == []
-
-    assert_ingest(csv_daemon.tick(), "reviews", [expected_key("reviews.csv", REVIEWS + more)])
+    written = path.read_bytes()
+    assert written.count(b"Still brutal.") > 3
+    assert_ingest(csv_daemon.tick(), "reviews", [expected_key("reviews.csv", written)])
 
 
 def test_touched_file_with_same_content_adds_nothing(
     csv_daemon: Daemon, local_settings: LakeSettings, instance: DagsterInstance
 ) -> None:
     path = write(local_settings.csv_path / "albums.csv", ALBUMS)
-    csv_daemon.ticks(2)
+    csv_daemon.tick()
     touch(path)
 
-    first, second, third = csv_daemon.ticks(3)
+    first, second = csv_daemon.ticks(2)
 
-    for tick in (first, second, third):
+    for tick in (first, second):
         assert_nothing(tick)
-    assert Cursor.parse(third.cursor).seen == {str(path.resolve()): fingerprint(path)}
+    assert Cursor.parse(second.cursor).seen == {str(path.resolve()): fingerprint(path)}
     assert partitions(instance, "albums") == [expected_key("albums.csv", ALBUMS)]
 
 
@@ -330,7 +387,7 @@ def test_unknown_names_are_reported_once_and_not_ingested(
     for location, message in zip(unknown, reported, strict=True):
         assert message.startswith(f"ignoring {location}: not a source file name")
         assert "bands.csv or bands_<anything>.csv" in message
-    assert ticks[0].warnings()  # reported on the first tick, not after the two-tick wait
+    assert ticks[0].warnings()  # reported on the first tick
     cursor = Cursor.parse(ticks[-1].cursor)
     assert sorted(cursor.unknown) == unknown
     assert cursor.seen == cursor.pending == {}
@@ -343,7 +400,6 @@ def test_increments_map_to_their_dataset_and_names_tell_same_content_apart(
     write(local_settings.csv_path / "reviews.csv", REVIEWS)
     write(local_settings.csv_path / "reviews_2026-11.csv", REVIEWS)
 
-    csv_daemon.tick()
     tick = csv_daemon.tick()
 
     keys = [expected_key("reviews.csv", REVIEWS), expected_key("reviews_2026-11.csv", REVIEWS)]
@@ -358,9 +414,9 @@ def test_deleted_file_is_forgotten(
 ) -> None:
     bands = write(local_settings.csv_path / "bands.csv", BANDS)
     notes = write(local_settings.csv_path / "notes.csv", b"x\n")
-    csv_daemon.ticks(2)
-    albums = write(local_settings.csv_path / "albums.csv", ALBUMS)
-    csv_daemon.tick()  # albums.csv pending
+    csv_daemon.tick()
+    albums = write_ahead_of_the_clock(local_settings.csv_path / "albums.csv", ALBUMS)
+    assert_nothing(csv_daemon.tick())  # albums.csv pending
 
     for path in (bands, notes, albums):
         path.unlink()
@@ -374,6 +430,7 @@ def test_deleted_file_is_forgotten(
     first, second = csv_daemon.ticks(2)
     assert len(first.warnings()) == 1
     assert first.warnings()[0].startswith(f"ignoring {notes.resolve()}:")
+    assert_nothing(first)
     assert_nothing(second)
     assert partitions(instance, "bands") == [expected_key("bands.csv", BANDS)]
 
@@ -408,15 +465,15 @@ def test_s3_raw_uploads_are_ingested_like_local_files(
     s3.put_object(Bucket=bucket, Key="raw/notes.csv", Body=b"x\n")
     s3.put_object(Bucket=bucket, Key="landing/bands.csv", Body=BANDS)
 
-    first, second, third = s3_daemon.ticks(3)
+    first, second = s3_daemon.ticks(2)
 
-    assert_nothing(first)
+    # An object is listed only once uploaded whole: the first tick that sees it ingests it.
     assert len(first.warnings()) == 1
     assert first.warnings()[0].startswith(f"ignoring s3://{bucket}/raw/notes.csv:")
     key = expected_key("bands.csv", BANDS)
-    assert_ingest(second, "bands", [key], sources=[f"s3://{bucket}/raw/bands.csv"])
-    assert_nothing(third)
-    cursor = Cursor.parse(third.cursor)
+    assert_ingest(first, "bands", [key], sources=[f"s3://{bucket}/raw/bands.csv"])
+    assert_nothing(second)
+    cursor = Cursor.parse(second.cursor)
     assert cursor.seen.keys() == {f"s3://{bucket}/raw/bands.csv"}
     assert cursor.unknown == [f"s3://{bucket}/raw/notes.csv"]
     assert all(partitions(instance, d) == [] for d in ("albums", "reviews"))
@@ -435,8 +492,8 @@ def test_s3_raw_uploads_are_ingested_like_local_files(
     assert len(changed) == len(BANDS)
     s3.put_object(Bucket=bucket, Key="raw/bands.csv", Body=changed)
     first, second = s3_daemon.ticks(2)
-    assert_nothing(first)
-    assert_ingest(second, "bands", [expected_key("bands.csv", changed)])
+    assert_ingest(first, "bands", [expected_key("bands.csv", changed)])
+    assert_nothing(second)
     s3.put_object(Bucket=bucket, Key="raw/bands.csv", Body=changed)
     for tick in s3_daemon.ticks(2):
         assert_nothing(tick)
