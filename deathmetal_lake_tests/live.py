@@ -131,6 +131,8 @@ def running_lake(
     shutil.copytree(csv_source, csv_dir)
     settings = make_settings(root / "state", csv_dir=csv_dir)
     settings.instance_dir.mkdir(parents=True)
+    # As `make dev` does: the instance's run queue settings from the repository's dagster.yaml.
+    shutil.copy(REPO_ROOT / "dagster.yaml", settings.instance_dir / "dagster.yaml")
     env = lake_environment(settings)
     port = free_port()
     lake = LiveLake(root, settings, f"http://127.0.0.1:{port}", root / "dagster-dev.log")
@@ -165,5 +167,5 @@ def read_table(settings: LakeSettings, layer: str, name: str) -> pl.DataFrame:
     listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=prefix, MaxKeys=1)
     root = f"s3://{settings.bucket}/{layer}/{name}"
     source = f"{root}/**/*.parquet" if listed.get("KeyCount") else f"{root}.parquet"
-    options = LakeResource.from_settings(settings).polars_storage_options()
+    options = LakeResource(settings=settings).polars_storage_options()
     return pl.scan_parquet(source, storage_options=options).collect()
