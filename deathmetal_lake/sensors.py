@@ -34,6 +34,7 @@ from dagster import (
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.assets.staging import staging_key, staging_order
+from deathmetal_lake.checks.freshness import FOLLOWS_UPSTREAM
 from deathmetal_lake.datasets import DATASETS, DATASETS_BY_NAME, Dataset
 from deathmetal_lake.jobs import buildable_downstream
 from deathmetal_lake.partitions import INGEST_PARTITIONS
@@ -182,7 +183,12 @@ def carried_to_gold(context: SensorEvaluationContext, request: RunRequest) -> Ru
         lambda key: context.instance.get_latest_materialization_event(key) is not None
     )
     selection = buildable_downstream(graph, request.asset_selection or [], exists)
-    checks = [check for check in graph.asset_check_keys if check.asset_key in selection]
+    # Freshness checks run on their own schedule; every other check rides with its asset.
+    checks = [
+        check
+        for check in graph.asset_check_keys
+        if check.asset_key in selection and check.name != FOLLOWS_UPSTREAM
+    ]
     return request.with_replaced_attrs(
         asset_selection=selection,
         asset_check_keys=checks,
