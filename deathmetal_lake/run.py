@@ -19,6 +19,7 @@ from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.assets.staging import staging_key
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.definitions import build_definitions
+from deathmetal_lake.jobs import buildable_downstream
 from deathmetal_lake.partitions import INGEST_PARTITIONS
 from deathmetal_lake.sensors import Cursor, needs_restaging, plan_ingests
 from deathmetal_lake.settings import LakeSettings, load_settings
@@ -71,19 +72,28 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
         instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
 
     defs = build_definitions(settings)
-    ok = True
-    changed = False
-    for key, selection in _ingest_runs(settings, instance, plan.current):
-        log.info("%s: materializing %s", key, ", ".join(k.to_user_string() for k in selection))
-        ok &= _execute(defs, instance, selection, partition_key=key)
-        changed = True
-    downstream = _downstream_keys(defs)
+    graph = defs.resolve_asset_graph()
+    downstream = sorted(AssetSelection.groups("silver", "gold").resolve(graph))
     never_built = any(instance.get_latest_materialization_event(k) is None for k in downstream)
-    if changed or never_built:
-        ok &= _execute(defs, instance, downstream)
-    else:
+    runs = _ingest_runs(settings, instance, plan.current)
+    if not runs and not never_built:
         log.info("nothing new in %s; silver and gold are up to date", settings.csv_path)
-    return ok
+        return True
+
+    def exists(key: AssetKey) -> bool:
+        return instance.get_latest_materialization_event(key) is not None
+
+    if len(runs) == 1 and not never_built:
+        # One file on a built lake: one run carries it to gold, as the sensor does.
+        key, selection = runs[0]
+        return _execute(defs, instance, buildable_downstream(graph, selection, exists), key)
+    ok = True
+    for key, selection in runs:
+        ok &= _execute(defs, instance, selection, key)
+    # Only what the new ingests feed is refreshed (everything, the first time).
+    roots = downstream if never_built else [k for _, selection in runs for k in selection]
+    refresh = [k for k in buildable_downstream(graph, roots, exists) if k in downstream]
+    return _execute(defs, instance, refresh) and ok
 
 
 def _execute(
@@ -93,6 +103,7 @@ def _execute(
     partition_key: str | None = None,
 ) -> bool:
     """One run of `selection` with the checks of those assets, as the UI would launch it."""
+    log.info("materializing %s", ", ".join(k.to_user_string() for k in selection))
     job = defs.resolve_implicit_job_def_def_for_assets(selection)
     assert job is not None, selection
     result = job.execute_in_process(
@@ -103,11 +114,6 @@ def _execute(
         raise_on_error=False,
     )
     return result.success
-
-
-def _downstream_keys(defs: Definitions) -> list[AssetKey]:
-    graph = defs.resolve_asset_graph()
-    return sorted(AssetSelection.groups("silver", "gold").resolve(graph))
 
 
 def main() -> int:
