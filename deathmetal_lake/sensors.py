@@ -137,31 +137,30 @@ def plan_ingests(
         key = ingest_key(source.name, content_hash(source))
         plan.current.setdefault(dataset.name, set()).add(key)
         planned = plan.new_partitions.setdefault(dataset.name, [])
-        tags = {"lake/source": source.location, "lake/dataset": dataset.name}
         if key in planned or partition_exists(dataset.name, key):
             if not restage(dataset.name, key):
                 log.info(f"{source.location}: content already ingested as {key}")
                 continue
             log.info(f"{source.location}: back to the version of ingest {key}; staging it again")
-            plan.run_requests.append(
-                RunRequest(
-                    run_key=f"{key}@{source.fingerprint}",
-                    partition_key=key,
-                    asset_selection=[staging_key(dataset)],
-                    tags=tags,
-                )
-            )
+            plan.run_requests.append(_ingest_request(source, dataset, key, restage=True))
             continue
         planned.append(key)
-        plan.run_requests.append(
-            RunRequest(
-                run_key=key,
-                partition_key=key,
-                asset_selection=[landing_key(dataset), bronze_key(dataset), staging_key(dataset)],
-                tags=tags,
-            )
-        )
+        plan.run_requests.append(_ingest_request(source, dataset, key, restage=False))
     return plan
+
+
+def _ingest_request(source: SourceFile, dataset: Dataset, key: str, *, restage: bool) -> RunRequest:
+    """A new version's landing, bronze and staging, or only its staging when it comes back."""
+    layers = [staging_key(dataset)]
+    if not restage:
+        layers = [landing_key(dataset), bronze_key(dataset), *layers]
+    return RunRequest(
+        # A version that comes back again is a new request each time its file is touched.
+        run_key=f"{key}@{source.fingerprint}" if restage else key,
+        partition_key=key,
+        asset_selection=layers,
+        tags={"lake/source": source.location, "lake/dataset": dataset.name},
+    )
 
 
 def needs_restaging(instance: DagsterInstance, dataset: Dataset, key: str) -> bool:
