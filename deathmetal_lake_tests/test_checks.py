@@ -122,7 +122,11 @@ def reviews_rows(n: int, albums: int) -> list[dict[str, Any]]:
 def build(dataset: str, rows: list[dict[str, Any]]) -> merge.SilverResult:
     ingest = f"{dataset}-000000000001"
     result = merge.build_silver(
-        dataset, {ingest: bronze_frame(dataset, rows, ingest).lazy()}, [ingest], current_year=YEAR
+        dataset,
+        {ingest: bronze_frame(dataset, rows, ingest).lazy()},
+        [ingest],
+        current_year=YEAR,
+        source_files={ingest: f"{dataset}.csv"},
     )
     return result._replace(
         table=result.table.collect().lazy(), quarantine=result.quarantine.collect().lazy()
@@ -226,7 +230,13 @@ def test_silver_reconciles_latest_bronze_with_silver_plus_quarantine() -> None:
     rows = [*bands_rows(6), {"id": "1", "name": "dup"}, {"id": "x", "name": "bad id"}]
     ingest = "bands-000000000001"
     bronze = bronze_frame("bands", rows, ingest)
-    result = merge.build_silver("bands", {ingest: bronze.lazy()}, [ingest], current_year=YEAR)
+    result = merge.build_silver(
+        "bands",
+        {ingest: bronze.lazy()},
+        [ingest],
+        current_year=YEAR,
+        source_files={ingest: "bands.csv"},
+    )
     table, quarantine = result.table.collect(), result.quarantine.collect()
     assert quarantine.height == 2
     assert_passes(reconciliation.evaluate_silver("bands", bronze, table, quarantine))

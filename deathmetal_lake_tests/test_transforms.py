@@ -48,14 +48,26 @@ def bronze(
     return pl.LazyFrame([{c: r.get(c) for c in schema} for r in records], schema=schema)
 
 
-def build(dataset: str, *frames: tuple[str, pl.LazyFrame], **kwargs: Any) -> silver.SilverResult:
+def source_files_of(bronze: dict[str, pl.LazyFrame]) -> dict[str, str]:
+    """Each test ingest's file, read from its first row (an empty ingest names none)."""
+    firsts = pl.collect_all([frame.select(pl.first("_source_file")) for frame in bronze.values()])
+    return {i: f.item() for i, f in zip(bronze, firsts, strict=True) if f.height and f.item()}
+
+
+def build(dataset: str, *frames: tuple[str, pl.LazyFrame], **kwargs: Any) -> merge.SilverResult:
     """build_silver over ingests given oldest first as (ingest_id, frame)."""
+    files = kwargs.pop("source_files", None) or source_files_of(dict(frames))
     return merge.build_silver(
-        dataset, dict(frames), [i for i, _ in frames], current_year=YEAR, **kwargs
+        dataset,
+        dict(frames),
+        [i for i, _ in frames],
+        current_year=YEAR,
+        source_files=files,
+        **kwargs,
     )
 
 
-def reasons(result: silver.SilverResult) -> dict[str, str]:
+def reasons(result: merge.SilverResult) -> dict[str, str]:
     """Quarantine as raw id (or `file:row` when the id is missing) -> reason."""
     q = result.quarantine.collect()
     return {
@@ -64,7 +76,7 @@ def reasons(result: silver.SilverResult) -> dict[str, str]:
     }
 
 
-def ids(result: silver.SilverResult) -> list[int]:
+def ids(result: merge.SilverResult) -> list[int]:
     return sorted(result.table.collect()["id"].to_list())
 
 
@@ -427,7 +439,11 @@ def test_ingest_order_not_dict_order_decides_the_winner():
     old = bronze("reviews", "reviews_a.csv", "zz-old", [{"id": "1", "score": "10"}])
     new = bronze("reviews", "reviews_b.csv", "aa-new", [{"id": "1", "score": "99"}])
     result = merge.build_silver(
-        "reviews", {"aa-new": new, "zz-old": old}, ["zz-old", "aa-new"], current_year=YEAR
+        "reviews",
+        {"aa-new": new, "zz-old": old},
+        ["zz-old", "aa-new"],
+        current_year=YEAR,
+        source_files={"aa-new": "reviews_b.csv", "zz-old": "reviews_a.csv"},
     )
     assert result.table.collect()["score"].to_list() == [99.0]
 
@@ -481,9 +497,11 @@ def test_source_files_skip_superseded_ingests_unread_and_let_an_empty_version_wi
 def test_ingest_order_must_place_every_ingest_once():
     frame = bronze("bands", "bands.csv", "i1", [{"id": "1"}])
     with pytest.raises(ValueError, match="missing from ingest_order"):
-        merge.build_silver("bands", {"i1": frame}, ["i0"], current_year=YEAR)
+        merge.build_silver(
+            "bands", {"i1": frame}, ["i0"], current_year=YEAR, source_files={"i1": "bands.csv"}
+        )
     with pytest.raises(ValueError, match="twice"):
-        merge.build_silver("bands", {"i1": frame}, ["i1", "i1"], current_year=YEAR)
+        merge.build_silver("bands", {"i1": frame}, ["i1", "i1"], current_year=YEAR, source_files={})
 
 
 def test_extra_and_missing_columns_across_ingests():
@@ -517,7 +535,7 @@ def test_extra_and_missing_columns_across_ingests():
 
 
 def test_no_ingests_give_empty_typed_frames():
-    result = merge.build_silver("reviews", {}, [], current_year=YEAR)
+    result = merge.build_silver("reviews", {}, [], current_year=YEAR, source_files={})
     table, quarantine = result.table.collect(), result.quarantine.collect()
     assert table.height == quarantine.height == 0
     assert table.schema["score"] == pl.Float64
@@ -551,7 +569,9 @@ def test_invariant_input_rows_equal_silver_plus_quarantine():
         ),
     }
     order = ["i1", "i2", "i3"]
-    result = merge.build_silver("reviews", ingests, order, current_year=YEAR)
+    result = merge.build_silver(
+        "reviews", ingests, order, current_year=YEAR, source_files=source_files_of(ingests)
+    )
     table, quarantine = result.table.collect().sort("id"), result.quarantine.collect()
     input_rows = sum(ingests[i].collect().height for i in ("i2", "i3"))
     assert input_rows == 7 + 7

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import polars as pl
 
-from deathmetal_lake.rows import INGEST_ID, SOURCE_FILE, SOURCE_ROW
+from deathmetal_lake.rows import INGEST_ID, SOURCE_ROW
 from deathmetal_lake.rules import RULES, RejectReason
 from deathmetal_lake.transforms.silver import (
     CHECK_REASON_COLUMN,
@@ -157,21 +157,20 @@ def build_silver(
     ingest_order: Sequence[str],
     *,
     current_year: int,
-    source_files: Mapping[str, str] | None = None,
+    source_files: Mapping[str, str],
 ) -> SilverResult:
     """The whole table rebuilt from bronze: what every sequence of incremental refreshes equals.
 
     `ingest_order` lists ingest ids oldest -> newest; every key of `bronze` must be in it.
-    `source_files` (ingest id -> file name) defaults to each ingest's own `_source_file`.
+    `source_files` maps ingest ids to the file names they are versions of.
     """
     if len(set(ingest_order)) != len(ingest_order):
         raise ValueError("ingest_order lists an ingest id twice")
     if unknown := sorted(set(bronze) - set(ingest_order)):
         raise ValueError(f"bronze ingests missing from ingest_order: {unknown}")
     present = [ingest for ingest in ingest_order if ingest in bronze]
-    files = dict(source_files or {}) or _files_of(bronze)
-    file_of = files.__getitem__
-    order = current_ingests([i for i in present if i in files], file_of)
+    file_of = source_files.__getitem__
+    order = current_ingests([i for i in present if i in source_files], file_of)
     staged = {i: stage(dataset, bronze[i], current_year=current_year) for i in order}
     rejected = rejections(dataset, staged, order, file_of)
 
@@ -184,16 +183,6 @@ def build_silver(
         quarantine_part(dataset, pl.LazyFrame(schema=bronze_schema(dataset)), rejected.head(0))
     ] + [quarantine_part(dataset, bronze[i], own(i)) for i in order]
     return SilverResult(pl.concat(tables), pl.concat(quarantines))
-
-
-def _files_of(bronze: Mapping[str, pl.LazyFrame]) -> dict[str, str]:
-    """Each ingest's `_source_file`, read from its first row (an empty ingest names none)."""
-    firsts = pl.collect_all([frame.select(pl.first(SOURCE_FILE)) for frame in bronze.values()])
-    return {
-        ingest: first.item()
-        for ingest, first in zip(bronze, firsts, strict=True)
-        if first.height and first.item() is not None
-    }
 
 
 def _ingest_of(order: Sequence[str], position: pl.Expr) -> pl.Expr:
