@@ -76,7 +76,7 @@ def sample_lake_built(root: Path) -> Iterator[tuple[LakeSettings, DagsterInstanc
     For module-scoped fixtures: the per-test environment isolation does not cover them, so this
     isolates the environment itself for as long as the lake lives.
     """
-    from deathmetal_lake.run import run_lake
+    from deathmetal_lake.batch import run_lake
 
     csv_dir = root / "csv"
     shutil.copytree(SAMPLE_CSV_DIR, csv_dir)

@@ -20,8 +20,8 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 from polars.testing import assert_frame_equal
 
+from deathmetal_lake.batch import run_lake
 from deathmetal_lake.definitions import build_definitions
-from deathmetal_lake.run import run_lake
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake_tests.conftest import GOLD_TABLES, aws_client, sample_lake_built
 
@@ -161,8 +161,9 @@ def test_an_append_adds_its_ids_and_rewrites_no_other_part(lake: Lake) -> None:
     albums = sorted(ids(before, "silver/albums"))[:3]
     rows = [[start + i, albums[i % 3], f"New {i}", 50 + i, "Fresh."] for i in range(5)]
     write_csv(lake.csv_dir / "reviews_append.csv", REVIEW_COLUMNS, rows)
-    # New ids supersede nothing: the refresh writes the new ingest's part alone.
-    after = refresh_equals_rebuild(lake, rewritten={"silver/reviews": 1})
+    # New ids supersede nothing: the refresh writes the new ingest's part alone, and the join
+    # of reviews with albums only that part's join.
+    after = refresh_equals_rebuild(lake, rewritten={"silver/reviews": 1, "silver/album_reviews": 1})
     assert ids(after, "silver/reviews") == ids(before, "silver/reviews") | {r[0] for r in rows}
     assert after["quarantine/reviews"].height == before["quarantine/reviews"].height
 
@@ -173,8 +174,10 @@ def test_an_update_by_a_newer_file_wins_and_the_old_rows_go_to_quarantine(lake: 
     # An invalid newer copy does not displace the valid older one.
     invalid = [original[0][0], original[0][1], "Bad", "abc", "?"]
     write_csv(lake.csv_dir / "reviews_update.csv", REVIEW_COLUMNS, [*updated[1:], invalid])
-    # The new part, and reviews.csv's part that lost two ids.
-    tables = refresh_equals_rebuild(lake, rewritten={"silver/reviews": 2})
+    # The new part, and reviews.csv's part that lost two ids (and their joins).
+    tables = refresh_equals_rebuild(
+        lake, rewritten={"silver/reviews": 2, "silver/album_reviews": 2}
+    )
     reviews = tables["silver/reviews"]
     for row in updated[1:]:
         winner = reviews.filter(pl.col("id") == int(row[0]))

@@ -33,7 +33,7 @@ from dagster import (
 from polars.testing import assert_frame_equal
 from pyarrow.fs import S3FileSystem
 
-from deathmetal_lake.run import run_lake
+from deathmetal_lake.batch import run_lake
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.transforms.gold import DEFAULT_PRIOR_WEIGHT
 from deathmetal_lake_tests.conftest import GOLD_TABLES, aws_client, sample_lake_built

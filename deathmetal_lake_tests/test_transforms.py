@@ -719,6 +719,26 @@ def test_music_catalog_keeps_albums_of_unknown_bands():
     assert all(orphan[c] is None for c in band_columns)
 
 
+def test_a_partwise_join_rebuilds_only_what_changed():
+    left = {"a": "1", "b": "1"}
+    built = {"a": "x", "b": "y"}
+    right = joins.table_version({"albums": "1"})
+    last = joins.JoinVersions(left=left, right=right, built=built)
+    # Nothing changed: nothing to write.
+    assert joins.stale_parts(last, left, right, built) == ([], [])
+    # A new left part and a rewritten one; a left part gone is deleted.
+    assert joins.stale_parts(last, {"b": "2", "c": "1"}, right, built) == (["b", "c"], ["a"])
+    # The right table changed: every part.
+    other = joins.table_version({"albums": "2"})
+    assert joins.stale_parts(last, left, other, built) == (["a", "b"], [])
+    # A part that is not the one the last build wrote (a failed run touched it), or is missing.
+    assert joins.stale_parts(last, left, right, {"a": "x", "b": "z"}) == (["b"], [])
+    assert joins.stale_parts(last, left, right, {"a": "x"}) == (["b"], [])
+    # Never built: everything.
+    assert joins.stale_parts(None, left, right, {}) == (["a", "b"], [])
+    assert joins.table_version({"p": "1", "q": "2"}) == joins.table_version({"q": "2", "p": "1"})
+
+
 def test_album_reviews_keeps_reviews_of_unknown_albums():
     out = joins.album_reviews(REVIEWS, ALBUMS).collect()
     expected = pl.DataFrame(

@@ -17,6 +17,7 @@ from dagster import (
     AssetKey,
     AssetOut,
     AssetsDefinition,
+    MetadataValue,
     Output,
     asset,
     multi_asset,
@@ -28,7 +29,7 @@ from deathmetal_lake.assets.staging import staging_key, staging_order
 from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.resources import LakeTables, TableUpdate
-from deathmetal_lake.resources.io_managers import FOLDER_TABLE
+from deathmetal_lake.resources.io_managers import FOLDER_TABLE, PART_VERSIONS
 from deathmetal_lake.rows import INGEST_ID, IngestKey
 from deathmetal_lake.transforms import joins, merge
 from deathmetal_lake.transforms.descriptions import SILVER_COLUMN_DESCRIPTIONS
@@ -147,32 +148,59 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
     return silver
 
 
+JOIN_INPUTS = "lake/join_inputs"
+"""Metadata entry of a join's materialization: the versions of the tables it was built from."""
+
+
+def _last_join_versions(context: AssetExecutionContext) -> joins.JoinVersions | None:
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    materialization = event.asset_materialization if event else None
+    if materialization is None:
+        return None
+    metadata = materialization.metadata
+    inputs, built = metadata.get(JOIN_INPUTS), metadata.get(PART_VERSIONS)
+    if inputs is None or built is None:
+        return None
+    return joins.JoinVersions.recorded(inputs.value, built.value)
+
+
 def _join_asset(
     name: str, left_table: str, right_table: str, foreign_key: str, description: str
 ) -> AssetsDefinition:
     build = getattr(joins, name)
+    key, left_key, right_key = silver_key(name), silver_key(left_table), silver_key(right_table)
 
     @asset(
-        key=silver_key(name),
+        key=key,
         group_name=GROUP,
         kinds=KINDS,
         owners=["team:data-platform"],
-        description=description,
-        ins={
-            "left": AssetIn(key=silver_key(left_table)),
-            "right": AssetIn(key=silver_key(right_table)),
-        },
-        metadata={"dagster/column_lineage": column_lineage(name)},
+        description=f"{description} A folder of Parquet parts, one per `{left_table}` part: "
+        f"`silver/{name}/`.",
+        deps=[left_key, right_key],
+        metadata={**FOLDER_TABLE, "dagster/column_lineage": column_lineage(name)},
         automation_condition=follow_upstream(),
     )
-    def join(left: pl.LazyFrame, right: pl.LazyFrame) -> Output[pl.LazyFrame]:
-        orphans = joins.count_orphans(left, right, foreign_key)
+    def join(context: AssetExecutionContext, tables: LakeTables) -> Output[TableUpdate]:
+        left = tables.part_versions(left_key)
+        right = joins.table_version(tables.part_versions(right_key))
+        write, delete = joins.stale_parts(
+            _last_join_versions(context), left, right, tables.part_versions(key)
+        )
+        right_rows = tables.scan(right_key)
+        orphans = joins.count_orphans(tables.scan(left_key), right_rows, foreign_key)
         orphans = orphans.collect(engine="streaming").row(0, named=True)
+        update = TableUpdate(
+            write={part: build(tables.scan_part(left_key, part), right_rows) for part in write},
+            delete=delete,
+        )
         return Output(
-            build(left, right),
+            update,
             metadata={
                 f"orphan_{foreign_key}_rows": orphans["orphan_rows"],
                 f"orphan_{foreign_key}_keys": orphans["orphan_keys"],
+                "parts_rebuilt": len(write),
+                JOIN_INPUTS: MetadataValue.json({"left": left, "right": right}),
             },
         )
 

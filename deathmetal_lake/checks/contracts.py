@@ -36,6 +36,7 @@ from deathmetal_lake.checks.evidence import (
     sample_lazy,
     table_check,
 )
+from deathmetal_lake.checks.reconciliation import planned_silver_check
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.rules import (
     CONTRACTS,
@@ -415,6 +416,7 @@ def planned_contract_checks(dataset: str) -> list[PlannedCheck]:
     key, quarantine = silver_key(dataset), quarantine_key(DATASETS_BY_NAME[dataset])
     return [
         *_table_checks(dataset),
+        planned_silver_check(DATASETS_BY_NAME[dataset]),
         *(_foreign_key_check(dataset, fk, contract) for fk in rules.foreign_keys),
         PlannedCheck(
             AssetCheckSpec(
@@ -433,7 +435,8 @@ def planned_contract_checks(dataset: str) -> list[PlannedCheck]:
 
 
 def build_contract_checks(dataset: str) -> AssetChecksDefinition:
-    """Every contract of a dataset in one step; each check reads its tables when it runs.
+    """Every contract of a dataset, and its reconciliation, in one step; each check reads its
+    tables when it runs.
 
     One step and not one per check: each step costs a fixed Dagster overhead, larger than the
     streaming evaluation itself. Its blocking checks all guard `silver/{dataset}`, so a failure
@@ -442,7 +445,7 @@ def build_contract_checks(dataset: str) -> AssetChecksDefinition:
     return checks_step(
         f"silver_{dataset}_contracts",
         planned_contract_checks(dataset),
-        description=f"The contracts of silver/{dataset} and its quarantine rate.",
+        description=f"The contracts and reconciliation of silver/{dataset}, its quarantine rate.",
     )
 
 

@@ -2,7 +2,8 @@
 
 - landing: every source row of an ingest was delivered to `landing/` or written to `errors/`;
 - bronze: an ingest's bronze rows are exactly its distinct landing lines;
-- silver: for the latest ingest of every source file, bronze rows = silver rows + quarantine rows.
+- silver: for the latest ingest of every source file, bronze rows = silver rows + quarantine rows
+  (evaluated in its dataset's contracts step: `contracts.planned_contract_checks`).
 
 The landing and bronze checks are partitioned like their assets and evaluate the ingest that was
 materialized (one partition), never every ingest; they count against the ingest's
@@ -19,6 +20,8 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
+    AssetCheckSpec,
+    AssetDep,
     AssetIn,
     asset_check,
 )
@@ -27,11 +30,11 @@ from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.assets.silver import quarantine_key, silver_key
 from deathmetal_lake.assets.staging import staging_order
-from deathmetal_lake.checks.evidence import SAMPLE_ROWS, check_result
+from deathmetal_lake.checks.evidence import SAMPLE_ROWS, PlannedCheck, check_result
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
-from deathmetal_lake.resources import LakeResource, LakeS3Resource
+from deathmetal_lake.resources import LakeResource, LakeS3Resource, LakeTables
 from deathmetal_lake.rows import INGEST_ID, ROW_ID_SCHEMA, SOURCE_FILE, SOURCE_ROW, IngestKey
 from deathmetal_lake.transforms.merge import current_ingests
 
@@ -327,46 +330,46 @@ def evaluate_silver(
     )
 
 
-def build_silver_check(dataset: Dataset) -> AssetChecksDefinition:
-    @asset_check(
-        asset=silver_key(dataset.name),
-        name=SILVER_RECONCILES,
+def planned_silver_check(dataset: Dataset) -> PlannedCheck:
+    """The silver reconciliation, evaluated in its dataset's contracts step (same blocking)."""
+    table, quarantine, bronze = (
+        silver_key(dataset.name),
+        quarantine_key(dataset),
+        bronze_key(dataset),
+    )
+
+    def evaluate(context: AssetCheckExecutionContext, tables: LakeTables) -> AssetCheckResult:
+        landed = tables.part_versions(bronze)
+        staged = [i for i in staging_order(context.instance, dataset) if i in landed]
+        bronze_latest = pl.concat(
+            [
+                pl.LazyFrame(schema=_ROWS),
+                *(
+                    tables.scan_part(bronze, ingest).select(_ROWS.names())
+                    for ingest in current_ingests(staged, source_file_of)
+                ),
+            ]
+        )
+        return evaluate_silver(
+            dataset.name, bronze_latest, tables.scan(table), tables.scan(quarantine)
+        )
+
+    spec = AssetCheckSpec(
+        SILVER_RECONCILES,
+        asset=table,
         blocking=True,
-        additional_ins={
-            "quarantine": AssetIn(key=quarantine_key(dataset)),
-            "bronze": AssetIn(
-                key=bronze_key(dataset),
-                partition_mapping=AllPartitionMapping(),
-                metadata={"allow_missing_partitions": True},
-            ),
-        },
+        additional_deps=[quarantine, AssetDep(bronze, partition_mapping=AllPartitionMapping())],
         description=(
             "For the latest ingest of every source file, bronze rows = silver rows + quarantine "
             "rows, each (_ingest_id, _source_row) exactly once."
         ),
     )
-    def silver_reconciles(
-        context: AssetCheckExecutionContext,
-        table: pl.LazyFrame,
-        quarantine: pl.LazyFrame,
-        bronze: dict[str, pl.LazyFrame],
-    ) -> AssetCheckResult:
-        staged = [i for i in staging_order(context.instance, dataset) if i in bronze]
-        latest = current_ingests(staged, source_file_of)
-        bronze_latest = pl.concat(
-            [
-                pl.LazyFrame(schema=_ROWS),
-                *(bronze[ingest].select(_ROWS.names()) for ingest in latest),
-            ]
-        )
-        return evaluate_silver(dataset.name, bronze_latest, table, quarantine)
-
-    return silver_reconciles
+    return PlannedCheck(spec, evaluate, reads=(table, quarantine, bronze))
 
 
 def reconciliation_checks() -> list[AssetChecksDefinition]:
     return [
         build(dataset)
         for dataset in DATASETS
-        for build in (build_landing_check, build_bronze_check, build_silver_check)
+        for build in (build_landing_check, build_bronze_check)
     ]

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -133,6 +134,20 @@ def ensure_running(settings: LakeSettings, timeout: float = 120.0) -> str:
         f"the embedded AWS did not become ready within {timeout:.0f}s; "
         f"its log ({settings.state_path / LOG_FILE}) ends with:\n{_log_tail(settings)}"
     )
+
+
+def start_in_background(settings: LakeSettings) -> threading.Thread:
+    """Begin `ensure_running` in a thread and return at once.
+
+    The emulator then boots while the caller imports Dagster (each takes seconds, and there are
+    two cores); the caller's own `ensure_running` later waits on the same file lock until it is
+    ready, and reports any failure to start.
+    """
+    thread = threading.Thread(
+        target=ensure_running, args=(settings,), name="embedded-aws-start", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def stop(settings: LakeSettings, timeout: float = 60.0) -> bool:

@@ -9,6 +9,7 @@
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_origin
 
 import polars as pl
@@ -29,6 +30,8 @@ from deathmetal_lake.resources.aws import LakeResource, LakeS3Resource, fsspec_s
 
 # Definition metadata of an asset whose table is a folder of Parquet parts.
 FOLDER_TABLE = {"lake/layout": "folder"}
+# Output metadata of a folder table's write: every part's version once it is written.
+PART_VERSIONS = "lake/part_versions"
 MANIFESTS_PREFIX = "manifests"
 PARQUET = ".parquet"
 
@@ -75,6 +78,29 @@ class LakeTables(ConfigurableResource):
         if not folder.is_dir():
             return set()
         return {p.name.removesuffix(PARQUET) for p in folder.iterdir() if p.suffix == PARQUET}
+
+    def part_versions(self, key: AssetKey) -> dict[str, str]:
+        """Each part's name and version (its ETag on S3; size and mtime on a local disk).
+
+        A version changes whenever the part is rewritten with other content, so a table built
+        from this one can tell which of its own parts are stale without reading any data.
+        """
+        folder = self.folder(key)
+        if not folder.is_dir():
+            return {}
+        return {
+            Path(info["name"]).name.removesuffix(PARQUET): str(
+                info.get("ETag") or f"{info.get('size')}@{info.get('mtime')}"
+            ).strip('"')
+            for info in folder.fs.ls(folder.path, detail=True)
+            if info["name"].endswith(PARQUET)
+        }
+
+    def scan_part(self, key: AssetKey, name: str) -> pl.LazyFrame:
+        """One part of a folder table, lazily."""
+        remote = self.base_dir.startswith("s3://")
+        options = self.lake.polars_storage_options() if remote else None
+        return pl.scan_parquet(str(self.folder(key) / f"{name}{PARQUET}"), storage_options=options)
 
     def _locate(self, key: AssetKey) -> str | None:
         """The file, or the folder of parts as a glob, that holds the table; None if neither."""
@@ -126,6 +152,7 @@ class LakeParquetIOManager(PolarsParquetIOManager):
                 "dagster/uri": MetadataValue.path(str(folder)),
                 "parts_written": len(obj.write),
                 "parts_deleted": len(obj.delete),
+                PART_VERSIONS: MetadataValue.json(self.tables.part_versions(context.asset_key)),
             }
         )
 

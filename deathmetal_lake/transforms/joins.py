@@ -1,6 +1,15 @@
-"""The silver joins: albums with their band, reviews with their album (left joins, orphans kept)."""
+"""The silver joins: albums with their band, reviews with their album (left joins, orphans kept).
+
+A join is built part by part: one part per part of its left-hand table, so an increment rebuilds
+only the parts of the left table it changed, and everything when the right-hand table changed.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -92,3 +101,53 @@ SILVER_LINEAGE: dict[str, dict[str, list[tuple[str, str]]]] = {
         "year": [("albums", "year"), ("reviews", "album"), ("albums", "id")],
     },
 }
+
+
+@dataclass(frozen=True)
+class JoinVersions:
+    """What a partwise join was built from, as its last materialization recorded it.
+
+    `left` and `built` map part names to versions (the left table's parts, the join's own parts
+    as written); `right` is one version for the whole right-hand table.
+    """
+
+    left: dict[str, str]
+    right: str
+    built: dict[str, str]
+
+    @classmethod
+    def recorded(cls, inputs: Any, built: Any) -> JoinVersions | None:
+        """From the metadata a materialization recorded (None if it recorded none)."""
+        if not isinstance(inputs, dict) or not isinstance(built, dict):
+            return None
+        return cls(left=dict(inputs["left"]), right=str(inputs["right"]), built=dict(built))
+
+
+def table_version(parts: dict[str, str]) -> str:
+    """One version for a whole folder table, from its parts' names and versions."""
+    digest = hashlib.sha256(json.dumps(sorted(parts.items())).encode())
+    return digest.hexdigest()[:16]
+
+
+def stale_parts(
+    previous: JoinVersions | None,
+    left: dict[str, str],
+    right: str,
+    built: dict[str, str],
+) -> tuple[list[str], list[str]]:
+    """(parts to write, parts to delete) for a join with one part per left-hand part.
+
+    A part is rebuilt when its left part changed, when the right table changed (then all are),
+    or when the part itself is not the one the last successful build wrote (a failed run may
+    have rewritten or removed it since); parts whose left part is gone are deleted.
+    """
+    rebuild_all = previous is None or previous.right != right
+    write = [
+        name
+        for name, version in sorted(left.items())
+        if rebuild_all
+        or previous.left.get(name) != version
+        or name not in built
+        or previous.built.get(name) != built[name]
+    ]
+    return write, sorted(set(built) - set(left))

@@ -297,7 +297,7 @@ def run_lake_once(settings: LakeSettings) -> dict[str, Any]:
     """`make run`'s work in this process, against the started emulator, from an empty state."""
     from dagster import DagsterInstance
 
-    from deathmetal_lake.run import run_lake
+    from deathmetal_lake.batch import run_lake
 
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     (settings.instance_dir / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

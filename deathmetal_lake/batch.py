@@ -1,0 +1,115 @@
+"""The runs `make run` launches: every source file in LAKE_CSV_DIR ingested, the lake refreshed.
+
+Headless, but recorded in the Dagster instance that `make dev` uses, so the runs, partitions and
+materializations show in the UI. Files are planned as the CSV sensor plans them (minus its wait
+for a file to settle): a new file version is ingested (landing, bronze, staging), a version seen
+before that is not its file's current one any more (v1 -> v2 -> v1) is staged again, and silver
+and gold are refreshed once when something changed or they were never built.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions
+
+from deathmetal_lake.assets.bronze import bronze_key
+from deathmetal_lake.assets.landing import landing_key
+from deathmetal_lake.assets.staging import staging_key
+from deathmetal_lake.datasets import DATASETS_BY_NAME
+from deathmetal_lake.definitions import build_definitions
+from deathmetal_lake.jobs import buildable_downstream
+from deathmetal_lake.partitions import INGEST_PARTITIONS
+from deathmetal_lake.sensors import Cursor, needs_restaging, plan_ingests
+from deathmetal_lake.settings import LakeSettings
+from deathmetal_lake.sources import local_sources
+
+log = logging.getLogger("deathmetal_lake.batch")
+TAGS = {"lake/launched_by": "make run"}
+
+
+def _ingest_runs(
+    settings: LakeSettings, instance: DagsterInstance, current: dict[str, set[str]]
+) -> list[tuple[str, list[AssetKey]]]:
+    """(ingest, assets to materialize) for every file version here that silver does not use yet."""
+    runs = []
+    for name, partitions in INGEST_PARTITIONS.items():
+        dataset = DATASETS_BY_NAME[name]
+        landed = instance.get_materialized_partitions(bronze_key(dataset))
+        files_now = current.get(name, set())
+        for key in instance.get_dynamic_partitions(partitions.name):
+            if key not in files_now:
+                if key not in landed:
+                    # A failed ingest whose file has changed or gone: its content cannot be read
+                    # again, and the file's current version has its own key.
+                    log.warning(
+                        "skipping ingest %s: it never completed and no file in %s has its content",
+                        key,
+                        settings.csv_path,
+                    )
+                continue
+            if key not in landed:
+                runs.append(
+                    (key, [landing_key(dataset), bronze_key(dataset), staging_key(dataset)])
+                )
+            elif needs_restaging(instance, dataset, key):
+                runs.append((key, [staging_key(dataset)]))
+    return runs
+
+
+def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
+    """Ingest what is new, then refresh silver and gold; True if every run succeeded."""
+    sources = local_sources(settings.csv_path)
+    # Every file counts as settled: a headless run does not wait for a second look.
+    cursor = Cursor(pending={source.location: source.fingerprint for source in sources})
+
+    def partition_exists(dataset: str, key: str) -> bool:
+        return instance.has_dynamic_partition(INGEST_PARTITIONS[dataset].name, key)
+
+    plan = plan_ingests(sources, cursor, partition_exists, log)
+    for dataset, keys in plan.new_partitions.items():
+        instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
+
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    downstream = sorted(AssetSelection.groups("silver", "gold").resolve(graph))
+    never_built = any(instance.get_latest_materialization_event(k) is None for k in downstream)
+    runs = _ingest_runs(settings, instance, plan.current)
+    if not runs and not never_built:
+        log.info("nothing new in %s; silver and gold are up to date", settings.csv_path)
+        return True
+
+    def exists(key: AssetKey) -> bool:
+        return instance.get_latest_materialization_event(key) is not None
+
+    if len(runs) == 1 and not never_built:
+        # One file on a built lake: one run carries it to gold, as the sensor does.
+        key, selection = runs[0]
+        return _execute(defs, instance, buildable_downstream(graph, selection, exists), key)
+    ok = True
+    for key, selection in runs:
+        ok &= _execute(defs, instance, selection, key)
+    # Only what the new ingests feed is refreshed (everything, the first time).
+    roots = downstream if never_built else [k for _, selection in runs for k in selection]
+    refresh = [k for k in buildable_downstream(graph, roots, exists) if k in downstream]
+    return _execute(defs, instance, refresh) and ok
+
+
+def _execute(
+    defs: Definitions,
+    instance: DagsterInstance,
+    selection: list[AssetKey],
+    partition_key: str | None = None,
+) -> bool:
+    """One run of `selection` with the checks of those assets, as the UI would launch it."""
+    log.info("materializing %s", ", ".join(k.to_user_string() for k in selection))
+    job = defs.resolve_implicit_job_def_def_for_assets(selection)
+    assert job is not None, selection
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        asset_selection=selection,
+        tags=TAGS,
+        raise_on_error=False,
+    )
+    return result.success
