@@ -49,6 +49,10 @@ def serve(
     host: str = "127.0.0.1",
 ) -> None:
     """Run until SIGTERM or SIGINT; see the module docstring."""
+    state_dir = state_dir.resolve()
+    endpoint = f"http://{host}:{port}"
+    writer_lock = hold_writer_lock(state_dir, endpoint)  # before importing moto: refuse at once
+
     from werkzeug.serving import make_server
 
     from deathmetal_lake.local_aws import moto_adapter
@@ -56,9 +60,6 @@ def serve(
     from deathmetal_lake.local_aws.delivery import return_free_memory
     from deathmetal_lake.local_aws.provision import provision_lake
 
-    state_dir = state_dir.resolve()
-    endpoint = f"http://{host}:{port}"
-    writer_lock = hold_writer_lock(state_dir, endpoint)
     gateway, delivery, journal = _assemble(state_dir, endpoint, region, f"{host}:{port}")
     compactor = Compactor(region)
     replayed = gateway.replay(compactor)
