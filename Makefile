@@ -14,10 +14,13 @@ TEST_LOCK := requirements-test.lock
 LOCK_FLAGS ?=
 LOCK_ARGS = --universal --python-version 3.11 --generate-hashes --quiet \
 	--custom-compile-command "make lock" $(LOCK_FLAGS)
-LAKE_STATE_DIR ?= .lake
-export DAGSTER_HOME ?= $(abspath $(LAKE_STATE_DIR))/dagster
+# The settings make needs come from the environment, else `.env` (what the lake's Python reads,
+# with the same precedence), else the defaults: DAGSTER_HOME follows a LAKE_STATE_DIR set in `.env`.
+dotenv = $(shell sed -n 's/^$(1)=//p' .env 2>/dev/null | tail -n 1)
+LAKE_STATE_DIR ?= $(or $(call dotenv,LAKE_STATE_DIR),.lake)
+export DAGSTER_HOME ?= $(or $(call dotenv,DAGSTER_HOME),$(abspath $(LAKE_STATE_DIR))/dagster)
 
-.PHONY: dev run test lint lock aws-up aws-down aws-status clean-state
+.PHONY: dev run test lint lock audit aws-up aws-down aws-status clean-state
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +50,12 @@ $(VENV)/.installed-test: $(TEST_LOCK) pyproject.toml | $(UV)
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra test $(LOCK_ARGS) -o $(TEST_LOCK)
 	$(UV) pip compile pyproject.toml -c $(TEST_LOCK) $(LOCK_ARGS) -o $(LOCK)
+
+# Known vulnerabilities in the locked dependencies; pip-audit runs from uv's cache, not the venv.
+# It asks PyPI's (or OSV's, with PIP_AUDIT_VULNERABILITY_SERVICE=osv) advisory database.
+audit: | $(UV)
+	$(UV) tool run pip-audit --strict --disable-pip --require-hashes --progress-spinner off -r $(LOCK)
+	$(UV) tool run pip-audit --strict --disable-pip --require-hashes --progress-spinner off -r $(TEST_LOCK)
 
 # The instance's settings (run queue, telemetry); a dagster.yaml already there is the user's own.
 $(DAGSTER_HOME)/dagster.yaml:

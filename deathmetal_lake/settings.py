@@ -3,7 +3,9 @@
 `LakeSettings` is a Dagster `Config`, so the `lake` resource carries it whole (the UI shows it
 as the resource's configuration) and every entry point (`dagster dev`, `make run`, the checks
 runner, the tests) builds the same definitions from its own settings. `load_settings()` reads
-them from `LAKE_*` and the standard AWS variables (see the README's settings table).
+them from `LAKE_*` and the standard AWS variables (see the README's settings table), and from a
+`.env` file in the current directory for what the environment does not set: the file `dagster dev`
+loads itself, so `make run`, `local_aws` and the checks runner see the same lake as the UI.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
+ENV_FILE = ".env"
+"""Settings for this checkout, relative to the current directory (git-ignored; see .env.example)."""
 # Emulators accept any credentials; fixed ones keep a user's real AWS profile out of local runs.
 EMULATOR_CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
@@ -88,7 +92,9 @@ class LakeSettings(Config):
 class _EnvironmentSettings(BaseSettings, LakeSettings):
     """`LakeSettings` read from the environment: `LAKE_*` plus three standard variables."""
 
-    model_config = SettingsConfigDict(env_prefix="LAKE_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LAKE_", env_file=ENV_FILE, extra="ignore", populate_by_name=True
+    )
 
     endpoint_url: str | None = Field(
         default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL")

@@ -14,6 +14,7 @@ import boto3
 import pytest
 from dagster import DagsterInstance
 
+from deathmetal_lake import settings as settings_module
 from deathmetal_lake.local_aws import ensure_running, stop
 from deathmetal_lake.settings import AwsMode, LakeSettings
 
@@ -31,7 +32,11 @@ GOLD_TABLES = (
 
 
 def isolate_env(env: pytest.MonkeyPatch, root: Path) -> None:
-    """No real AWS profile, endpoint or lake setting of the developer leaks into the lake."""
+    """No real AWS profile, endpoint or lake setting of the developer leaks into the lake.
+
+    That includes a developer's `.env`: settings read in the test process ignore it.
+    """
+    env.setitem(settings_module._EnvironmentSettings.model_config, "env_file", None)
     for name in list(os.environ):
         if name.startswith(("AWS_", "LAKE_")) or name == "DAGSTER_HOME":
             env.delenv(name)

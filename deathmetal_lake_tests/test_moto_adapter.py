@@ -384,6 +384,27 @@ def test_delivery_stream_and_its_source_as_moto_holds_them(endpoint: str) -> Non
     )
 
 
+def test_retention_source_stream_and_reset_as_compaction_uses_them(endpoint: str) -> None:
+    create_delivery_stream(endpoint)
+    key = (ACCOUNT, REGION, STREAM)
+    assert moto_adapter.retention_hours(REGION) == {key: 24}
+    client(endpoint, "kinesis").increase_stream_retention_period(
+        StreamName=STREAM, RetentionPeriodHours=48
+    )
+    assert moto_adapter.retention_hours(REGION) == {key: 48}, (
+        "moto's stream no longer keeps its retention period: compaction would drop records "
+        "still within it"
+    )
+    stream = moto_adapter.delivery_stream(ACCOUNT, REGION, "adapter-delivery")
+    assert moto_adapter.source_stream_name(stream) == STREAM
+    moto_adapter.reset()
+    assert moto_adapter.retention_hours(REGION) == {}, (
+        "moto's reset no longer empties the backends: the compacted journal would be replayed "
+        "over the state of the old one"
+    )
+    assert moto_adapter.delivery_stream(ACCOUNT, REGION, "adapter-delivery") is None
+
+
 # --- why the journal and not moto's recorder ---------------------------------------------------
 
 

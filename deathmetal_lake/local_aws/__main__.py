@@ -36,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         # One access-log line per request would bury what matters (start-up, delivery errors).
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        run_server(
-            state_dir=args.state_dir,
-            port=args.port,
-            region=args.region,
-            bucket=args.bucket,
-            buffer_seconds=args.buffer_seconds,
-        )
+        try:
+            run_server(
+                state_dir=args.state_dir,
+                port=args.port,
+                region=args.region,
+                bucket=args.bucket,
+                buffer_seconds=args.buffer_seconds,
+            )
+        except control.EmbeddedAwsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         return 0
 
     settings: LakeSettings = load_settings()

@@ -259,6 +259,20 @@ class FirehoseDelivery:
         delivery.objects += 1
         delivery.first_buffered_at = time.monotonic() if delivery.buffer else None
 
+    def delivered(self) -> dict[tuple[str, str, str], dict[str, int]]:
+        """Per source stream (account, region, name) and shard: what every delivery delivered."""
+        passed: dict[tuple[str, str, str], dict[str, int]] = {}
+        with self.lock:
+            for delivery in self._deliveries.values():
+                stream = self._delivery_stream(delivery.name)
+                if stream is None:
+                    continue
+                key = (self.account_id, self.region, moto_adapter.source_stream_name(stream))
+                shards = passed.setdefault(key, {})
+                for shard, position in delivery.committed.items():
+                    shards[shard] = min(shards.get(shard, position), position)
+        return passed
+
     def status(self) -> dict[str, Any]:
         """Positions and buffers, for `/_lake/delivery` and the tests."""
         with self.lock:

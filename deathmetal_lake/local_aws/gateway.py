@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from werkzeug.test import EnvironBuilder, run_wsgi_app
@@ -33,6 +33,9 @@ from werkzeug.wrappers import Request
 
 from deathmetal_lake.local_aws import kinesis, moto_adapter
 from deathmetal_lake.local_aws.journal import Entry, Journal
+
+if TYPE_CHECKING:
+    from deathmetal_lake.local_aws.compaction import Compactor
 
 _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
@@ -145,19 +148,24 @@ class Gateway:
 
     # --- replay -----------------------------------------------------------------------------
 
-    def replay(self) -> int:
-        """Apply the journal to the (fresh) backend; returns the number of entries replayed."""
+    def replay(self, compactor: Compactor | None = None) -> int:
+        """Apply the journal to the (fresh) backend; returns the number of entries replayed.
+
+        `compactor` sees each entry as the journal holds it, with what Kinesis stored of it.
+        """
         upload_ids: dict[str, str] = {}
         count = 0
         for entry in self.journal.replay():
+            if operation(entry) in _KINESIS_PUTS:
+                self._replay_kinesis_put(entry, compactor)
+                count += 1
+                continue
+            if compactor is not None:
+                compactor.record(entry)
             entry.query = _QUERY_UPLOAD_ID.sub(
                 lambda m: f"{m.group(1)}uploadId={upload_ids.get(m.group(2), m.group(2))}",
                 entry.query,
             )
-            if operation(entry) in _KINESIS_PUTS:
-                self._replay_kinesis_put(entry)
-                count += 1
-                continue
             if _OBJECT_ETAG in entry.extra:
                 self._store_object(entry)
                 self._notify(entry)
@@ -172,12 +180,22 @@ class Gateway:
             count += 1
         return count
 
-    def _replay_kinesis_put(self, entry: Entry) -> None:
+    def _replay_kinesis_put(self, entry: Entry, compactor: Compactor | None) -> None:
         try:
             plan = kinesis.plan(kinesis.parse(entry, self.region))
         except (ValueError, moto_adapter.ServiceError):
-            return  # answered with an error when it was live, so it changed nothing then either
-        kinesis.store(plan, entry, self.journal, frozenset(entry.extra.get("failed", ())))
+            # Answered with an error when it was live, so it changed nothing then either.
+            if compactor is not None:
+                compactor.record(entry)
+            return
+        ranges = kinesis.store(plan, entry, self.journal, frozenset(entry.extra.get("failed", ())))
+        if compactor is not None:
+            stream = (
+                plan.request.account_id,
+                plan.request.region,
+                moto_adapter.stream_name(plan.stream),
+            )
+            compactor.record(entry, stream=stream, ranges=ranges)
         self._notify(entry)
 
     # --- live requests ----------------------------------------------------------------------

@@ -10,6 +10,10 @@ Entries know where their body lies in the file, so large payloads (Kinesis recor
 objects) need not stay in memory: they are read back from the journal when asked for. The body of
 an entry appended as `lazy` is not even read on replay, only its place is: moto's S3 object reads
 it from the journal (`BodyView`) instead of holding a copy.
+
+`rewrite` replaces the file by one holding only some of its entries (what compaction keeps): the
+new file is written beside it, flushed to disk, then renamed over it, so a crash at any moment
+leaves either the old journal or the new one, whole.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import io
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+_COPY_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -40,6 +46,13 @@ class Entry:
     """Replay leaves the body in the file (`body` is then empty) and reads only its place."""
     size: int = -1
     """The body's length in the journal, once journaled (also for lazy entries)."""
+    start: int = -1
+    """Where the entry (its header line) starts in the journal file, once read back."""
+
+    @property
+    def end(self) -> int:
+        """Where the next entry starts, once journaled."""
+        return self.offset + self.size + 1
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -49,6 +62,7 @@ class Entry:
 def _read_entries(handle: BinaryIO) -> Iterator[tuple[Entry, int]]:
     """Yield each complete entry and the offset just after it; stop at a torn tail."""
     while True:
+        start = handle.tell()
         line = handle.readline()
         if not line.endswith(b"\n"):
             return
@@ -77,6 +91,7 @@ def _read_entries(handle: BinaryIO) -> Iterator[tuple[Entry, int]]:
             offset=offset,
             lazy=lazy,
             size=meta["n"],
+            start=start,
         )
         yield entry, handle.tell()
 
@@ -86,12 +101,15 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.rewriting = path.with_name(path.name + ".rewrite")
+        """The new file while `rewrite` writes it; a leftover is a crash's and is removed."""
         self._handle: BinaryIO | None = None
         self._reader: int | None = None
         self._reader_lock = threading.Lock()
 
     def replay(self) -> Iterator[Entry]:
         """Yield the complete entries in order, then cut any torn tail so appends stay readable."""
+        self.rewriting.unlink(missing_ok=True)
         if not self.path.exists():
             return
         valid_end = 0
@@ -102,6 +120,45 @@ class Journal:
         if valid_end != self.path.stat().st_size:
             with self.path.open("r+b") as handle:
                 handle.truncate(valid_end)
+
+    def rewrite(self, kept: Iterable[tuple[int, int, dict[str, Any]]]) -> int:
+        """Replace the file by the entries at `kept`: (start, end, extras to add); its new size.
+
+        Call it on a closed journal (no appends, no reads): offsets of the old file mean nothing in
+        the new one. Bodies are copied as they are, headers get the extras. If writing fails (a
+        full disk) the old file stays as it was and the error is raised.
+        """
+        self.close()
+        try:
+            with self.path.open("rb") as source, self.rewriting.open("wb") as target:
+                for start, end, extras in kept:
+                    source.seek(start)
+                    header = source.readline()
+                    if extras:
+                        meta = json.loads(header)
+                        meta["x"] = {**meta.get("x", {}), **extras}
+                        header = json.dumps(meta).encode() + b"\n"
+                    target.write(header)
+                    remaining = end - source.tell()
+                    while remaining:
+                        chunk = source.read(min(remaining, _COPY_CHUNK))
+                        if not chunk:
+                            raise OSError(f"{self.path} ends inside the entry at {start}")
+                        target.write(chunk)
+                        remaining -= len(chunk)
+                target.flush()
+                os.fsync(target.fileno())
+                size = target.tell()
+        except BaseException:
+            self.rewriting.unlink(missing_ok=True)
+            raise
+        os.replace(self.rewriting, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+        return size
 
     def append(self, entry: Entry) -> None:
         """Write one entry and set its `offset`; flushed to the OS so it survives a kill."""

@@ -29,6 +29,8 @@ PUT_RECORDS = "Kinesis_20131202.PutRecords"
 _MAX_RECORDS = 500
 _MAX_RECORD_BYTES = 1_048_576
 _MAX_REQUEST_BYTES = 5_242_880
+FIRST_SEQUENCE = "seq"
+"""Journal extra of a compacted PutRecord(s) entry: its first sequence number per shard."""
 
 
 class JournaledRecord:
@@ -234,12 +236,19 @@ def plan(request: PutRequest) -> Plan:
     return Plan(request, stream, shards, sizes)
 
 
-def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) -> None:
+def store(
+    plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]
+) -> dict[str, tuple[int, int]]:
     """Append the records (all but `failed`) to their shards; `entry` is already journaled.
 
-    Fills `plan.results` with the accepted records' SequenceNumber and ShardId, in order.
+    Fills `plan.results` with the accepted records' SequenceNumber and ShardId, in order, and
+    returns each shard's first and last sequence number of them. A record gets its shard's next
+    number, or the first one the entry's `FIRST_SEQUENCE` names if higher: compaction writes it,
+    because the entries it dropped no longer push the numbers up on replay.
     """
     arrived = datetime.fromtimestamp(entry.extra["t"], UTC).replace(tzinfo=None)
+    first_numbers: dict[str, int] = entry.extra.get(FIRST_SEQUENCE, {})
+    ranges: dict[str, tuple[int, int]] = {}
     incoming = 0
     for index, (record, shard, location) in enumerate(
         zip(plan.request.records, plan.shards, plan.request.locations, strict=True)
@@ -248,7 +257,10 @@ def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) ->
             continue
         if isinstance(location, tuple):
             location = (entry.offset + location[0], location[1])
-        sequence_number = moto_adapter.last_sequence_number(shard) + 1
+        shard_id = moto_adapter.shard_id(shard)
+        sequence_number = max(
+            moto_adapter.last_sequence_number(shard) + 1, first_numbers.get(shard_id, 0)
+        )
         record_in_journal = JournaledRecord(
             journal,
             location,
@@ -259,7 +271,7 @@ def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) ->
             size=plan.sizes[index] - len(record.get("PartitionKey") or ""),
         )
         moto_adapter.append_record(shard, record_in_journal)
-        shard_id = moto_adapter.shard_id(shard)
+        ranges[shard_id] = (ranges.get(shard_id, (sequence_number,))[0], sequence_number)
         plan.results.append({"SequenceNumber": str(sequence_number), "ShardId": shard_id})
         incoming += plan.sizes[index]
     moto_adapter.count_put(
@@ -269,3 +281,4 @@ def store(plan: Plan, entry: Entry, journal: Journal, failed: frozenset[int]) ->
         incoming_bytes=incoming,
         incoming_records=len(plan.results),
     )
+    return ranges

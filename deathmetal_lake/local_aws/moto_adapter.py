@@ -44,6 +44,7 @@ from moto.kinesis.exceptions import (
 )
 from moto.kinesis.models import kinesis_backends
 from moto.kinesis.responses import KinesisResponse
+from moto.moto_api._internal import moto_api_backend
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -101,6 +102,11 @@ def backend_app() -> Any:
 def request_handler() -> type:
     """The werkzeug request handler moto's server uses (it keeps moto's header handling)."""
     return MotoRequestHandler
+
+
+def reset() -> None:
+    """Forget every backend's state, as a fresh process has none (before a second replay)."""
+    moto_api_backend.reset()
 
 
 def error_parts(error: JsonRESTError) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -248,6 +254,15 @@ def record_base64(record: Any) -> str:
     return record.data
 
 
+def retention_hours(region: str) -> dict[tuple[str, str, str], int]:
+    """Each stream's retention period, by (account, region, name), in the default account."""
+    streams = kinesis_backends[DEFAULT_ACCOUNT_ID][region].streams
+    return {
+        (DEFAULT_ACCOUNT_ID, region, name): stream.retention_period_hours
+        for name, stream in streams.items()
+    }
+
+
 def count_put(
     account_id: str, region: str, stream: Any, *, incoming_bytes: int, incoming_records: int
 ) -> None:
@@ -287,8 +302,12 @@ def s3_destination(stream: Any) -> tuple[dict[str, Any], str]:
     return stream.destinations[0]["ExtendedS3"], stream.version_id
 
 
+def source_stream_name(stream: Any) -> str:
+    """The name of the Kinesis stream a KinesisStreamAsSource stream reads."""
+    return stream.source["KinesisStreamARN"].rsplit("/", 1)[-1]
+
+
 def source_shards(account_id: str, region: str, stream: Any) -> dict[str, Any]:
     """The shards, by id, of the Kinesis stream a KinesisStreamAsSource stream reads."""
-    name = stream.source["KinesisStreamARN"].rsplit("/", 1)[-1]
-    source = kinesis_backends[account_id][region].streams[name]
+    source = kinesis_backends[account_id][region].streams[source_stream_name(stream)]
     return {shard.shard_id: shard for shard in source.shards.values()}

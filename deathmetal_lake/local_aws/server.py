@@ -1,33 +1,40 @@
 """The embedded AWS process: moto behind the journaling gateway, plus Firehose delivery.
 
-Start-up order matters: replay the journal into a fresh moto, open the port, provision what is
-missing, then report ready and start delivering. Clients (see `control.py`) wait for ready.
+Start-up order matters: lock the state directory (one writer per journal), replay the journal
+into a fresh moto, compact it if more than half of it no longer makes the state (then replay the
+compacted journal), open the port, provision what is missing, then report ready and start
+delivering. Clients (see `control.py`) wait for ready.
 moto is imported only here, when serving: importing it is slow, and importers of this module's
 names (the CLI, the tests) need not pay for it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import boto3
 from botocore.config import Config
 
+from deathmetal_lake.local_aws.control import EmbeddedAwsError
 from deathmetal_lake.local_aws.journal import Journal
 
 if TYPE_CHECKING:
+    from deathmetal_lake.local_aws.compaction import Plan
     from deathmetal_lake.local_aws.delivery import FirehoseDelivery
     from deathmetal_lake.local_aws.gateway import Gateway
 
 log = logging.getLogger("deathmetal_lake.local_aws")
 
 JOURNAL_FILE = "journal.bin"
+WRITER_LOCK_FILE = "journal.lock"
 SPILL_DIR = "spill"
 """moto's temporary files of S3 bodies: unlinked at once, emptied at start in case of leftovers."""
 
@@ -42,18 +49,32 @@ def serve(
     host: str = "127.0.0.1",
 ) -> None:
     """Run until SIGTERM or SIGINT; see the module docstring."""
+    state_dir = state_dir.resolve()
+    endpoint = f"http://{host}:{port}"
+    writer_lock = hold_writer_lock(state_dir, endpoint)  # before importing moto: refuse at once
+
     from werkzeug.serving import make_server
 
     from deathmetal_lake.local_aws import moto_adapter
+    from deathmetal_lake.local_aws.compaction import Compactor
     from deathmetal_lake.local_aws.delivery import return_free_memory
     from deathmetal_lake.local_aws.provision import provision_lake
 
-    state_dir = state_dir.resolve()
-    endpoint = f"http://{host}:{port}"
     gateway, delivery, journal = _assemble(state_dir, endpoint, region, f"{host}:{port}")
-    replayed = gateway.replay()
-    return_free_memory()
+    compactor = Compactor(region)
+    replayed = gateway.replay(compactor)
     log.info("replayed %d journal entries from %s", replayed, journal.path)
+    plan = compactor.plan(
+        now=time.time(),
+        retention_hours=moto_adapter.retention_hours(region),
+        delivered=delivery.delivered(),
+    )
+    if compact(journal, plan):
+        moto_adapter.reset()
+        gateway, delivery, journal = _assemble(state_dir, endpoint, region, f"{host}:{port}")
+        replayed = gateway.replay()
+        log.info("replayed %d entries of the compacted journal", replayed)
+    return_free_memory()
 
     server = make_server(
         host, port, gateway, threaded=True, request_handler=moto_adapter.request_handler()
@@ -80,7 +101,61 @@ def serve(
     delivery.stop()
     server.shutdown()
     journal.close()
+    writer_lock.close()
     log.info("stopped")
+
+
+def hold_writer_lock(state_dir: Path, endpoint: str) -> TextIO:
+    """Lock the state directory for this process's life; raise if another emulator has it.
+
+    Two emulators appending to one journal would interleave their entries and corrupt it. The
+    lock is `flock`'s: the kernel releases it when the process ends, however it ends, so it never
+    goes stale. The file names the holder, for the error the next one raises.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / WRITER_LOCK_FILE
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read().strip() or "its pid and endpoint not yet written"
+        handle.close()
+        raise EmbeddedAwsError(
+            f"the state folder {state_dir} is in use by another embedded AWS ({holder}); "
+            "stop it (python -m deathmetal_lake.local_aws down, with its LAKE_EMBEDDED_PORT) "
+            "or give this one another LAKE_STATE_DIR"
+        ) from None
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {endpoint}\n")
+    handle.flush()
+    return handle
+
+
+def compact(journal: Journal, plan: Plan) -> bool:
+    """Rewrite the journal as `plan` says if that is worthwhile; True if it was rewritten.
+
+    A failed rewrite (a full disk) leaves the journal as it was: the emulator serves on from it.
+    """
+    size = journal.path.stat().st_size if journal.path.exists() else 0
+    if not plan.worthwhile:
+        log.info(
+            "journal: %d bytes, %d of them no longer needed: not compacted",
+            size,
+            plan.dropped_bytes,
+        )
+        return False
+    try:
+        compacted = journal.rewrite(plan.kept)
+    except OSError as error:
+        log.warning("journal compaction failed, the journal is kept as it was: %s", error)
+        return False
+    log.info(
+        "journal compacted from %d to %d bytes (%d entries dropped)",
+        size,
+        compacted,
+        plan.dropped_entries,
+    )
+    return True
 
 
 def _assemble(
