@@ -26,7 +26,13 @@ from typing import Any
 
 import polars as pl
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    RunsFilter,
+)
 
 from deathmetal_lake.arrival import DeliveryTimeoutError, DeliveryWatcher
 from deathmetal_lake.assets.bronze import bronze_key
@@ -341,6 +347,19 @@ class Corpus:
         metadata = records[0].asset_materialization.metadata
         return {name: value.value for name, value in metadata.items()}
 
+    def check_counts(self, ingest: str) -> dict[str, dict[str, Any]]:
+        """The counts of the checks that ran in the ingest's run, by check, if they passed."""
+        (run,) = self.instance.get_runs(RunsFilter(tags={"dagster/partition": ingest}))
+        records = self.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
+        evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+        return {
+            e.check_name: {k: v.value for k, v in e.metadata.items()}
+            for e in evaluations
+            if e.passed
+        }
+
 
 def build_corpus_lake(settings: LakeSettings, instance: DagsterInstance) -> list[str]:
     """Each file ingested by its own run, then one run of silver: the runs `make run` would
@@ -448,6 +467,11 @@ def test_every_record_is_in_silver_quarantine_or_errors_exactly_once(
     landing = corpus.landing_metadata(dataset, ingest)
     assert (landing["rows"], landing["blank_lines"]) == (records, case_file.blank_lines)
     assert landing["oversize_rows"] == len(errors)
+    # The reconciliation checks of the ingest's run passed, counting records, not blank lines.
+    checks = corpus.check_counts(ingest)
+    delivered = checks["landing_delivered_every_row"]
+    assert (delivered["source_rows"], delivered["error_rows"]) == (records, len(errors))
+    assert checks["bronze_matches_landing"]["bronze_rows"] == records - len(errors)
 
 
 def test_a_row_too_large_mid_file_does_not_hold_up_the_rows_after_it(corpus: Corpus) -> None:
