@@ -92,12 +92,14 @@ class CaseFile:
     """The README's case names this file stands for."""
     data: bytearray = field(default_factory=bytearray)
     outcomes: list[Outcome] = field(default_factory=list)
+    texts: list[bytes] = field(default_factory=list)
     blank_lines: int = 0
 
     def record(self, text: bytes, outcome: Outcome) -> CaseFile:
         """`text` is the record exactly as in the file, its line end included."""
         self.data += text
         self.outcomes.append(outcome)
+        self.texts.append(text)
         return self
 
     def raw(self, text: bytes, *, blank_lines: int = 0) -> CaseFile:
@@ -445,6 +447,7 @@ def test_every_record_is_in_silver_quarantine_or_errors_exactly_once(
 
     silver_rows = {row["_source_row"]: row for row in silver.iter_rows(named=True)}
     reasons = dict(quarantine.select("_source_row", "_reject_reason").iter_rows())
+    raws = dict(quarantine.select("_source_row", "_raw").iter_rows())
     error_rows = {e["_source_row"]: e for e in errors}
     for number, outcome in enumerate(case_file.outcomes, 1):
         where = f"{case_file.name} row {number}"
@@ -457,6 +460,9 @@ def test_every_record_is_in_silver_quarantine_or_errors_exactly_once(
             case Quarantined(reason):
                 assert number in reasons, f"{where}: not in quarantine"
                 assert reasons[number].startswith(reason), f"{where}: {reasons[number]}"
+                if reason.startswith("parse error"):  # kept as in the file, line end aside
+                    text = case_file.texts[number - 1].decode()
+                    assert raws[number] == text.removesuffix("\n"), where
             case Errors():
                 assert number in error_rows, f"{where}: not in errors/"
                 error = error_rows[number]
