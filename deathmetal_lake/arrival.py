@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -63,16 +64,21 @@ class Arrival:
     def copies(self) -> int:
         return self.lines - self.rows
 
-    def missing(self, expected_rows: int) -> int:
-        return expected_rows - self._distinct.filter(self._distinct <= expected_rows).len()
-
-    def first_missing(self, expected_rows: int, limit: int = 10) -> list[int]:
-        expected = pl.int_range(1, expected_rows + 1, dtype=ROW_ID_SCHEMA[SOURCE_ROW], eager=True)
-        return expected.filter(~expected.is_in(self._distinct.implode())).head(limit).to_list()
+    def missing(self, expected: pl.Series) -> pl.Series:
+        """The rows of `expected` not delivered yet, ascending if `expected` is."""
+        return expected.filter(~expected.is_in(self._distinct.implode()))
 
     def record(self, key: str, rows: pl.Series) -> None:
         self.objects[key] = len(rows)
         self._pending.append(rows)
+
+
+def sent_rows(source_rows: int, not_sent: Iterable[int] = ()) -> pl.Series:
+    """The source rows an ingest sent to Kinesis: 1..source_rows except those in `not_sent`
+    (rows written to errors/ instead), so a row after an oversize one is waited for too."""
+    dtype = ROW_ID_SCHEMA[SOURCE_ROW]
+    rows = pl.int_range(1, source_rows + 1, dtype=dtype, eager=True)
+    return rows.filter(~rows.is_in(pl.Series(list(not_sent), dtype=dtype).implode()))
 
 
 def _hour_prefixes(prefix: str, since: datetime, until: datetime) -> list[str]:
@@ -87,7 +93,7 @@ def _hour_prefixes(prefix: str, since: datetime, until: datetime) -> list[str]:
 class DeliveryWatcher:
     """Collects an ingest's delivered rows from `prefix`, in the background while it is open.
 
-    Use it as a context manager around the send, then call `wait` with the number of rows sent.
+    Use it as a context manager around the send, then call `wait` with the rows sent.
     """
 
     def __init__(
@@ -130,22 +136,26 @@ class DeliveryWatcher:
             # The send failed too: its error is the one to report, this one goes with it.
             exc.add_note(f"reading delivered objects also failed: {error!r}")
 
-    def wait(self, expected_rows: int, timeout_seconds: float) -> Arrival:
-        """Poll until all `expected_rows` arrived; raise DeliveryTimeoutError after the timeout."""
+    def wait(
+        self, source_rows: int, timeout_seconds: float, *, not_sent: Iterable[int] = ()
+    ) -> Arrival:
+        """Poll until every row sent arrived: rows 1..`source_rows` but those in `not_sent`
+        (written to errors/ instead). Raise DeliveryTimeoutError after the timeout."""
         self._stop_watching()
+        expected = sent_rows(source_rows, not_sent)
         started = time.monotonic()
         while True:
             self.poll()
             self.arrival.seconds = time.monotonic() - started
-            missing = self.arrival.missing(expected_rows)
-            if missing <= 0:
+            missing = self.arrival.missing(expected)
+            if missing.is_empty():
                 return self.arrival
             if self.arrival.seconds > timeout_seconds:
                 raise DeliveryTimeoutError(
-                    f"ingest {self._ingest_id}: {missing} of {expected_rows} rows were not "
+                    f"ingest {self._ingest_id}: {missing.len()} of {expected.len()} rows were not "
                     f"delivered to s3://{self._bucket}/{self._prefix} within "
                     f"{timeout_seconds:.0f}s (first missing source rows: "
-                    f"{self.arrival.first_missing(expected_rows)}); "
+                    f"{missing.head(10).to_list()}); "
                     "check the Firehose delivery stream and its error output under errors/"
                 )
             time.sleep(self._poll_seconds)

@@ -89,6 +89,7 @@ def _landing_metadata(
     return {
         "source": source,
         "rows": report.rows,
+        "blank_lines": report.blank_lines,
         "parse_error_rows": report.parse_error_rows,
         "oversize_rows": len(report.oversize_rows),
         "bytes_sent": report.bytes,
@@ -156,7 +157,9 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 raise Failure(str(error)) from error
         try:
             arrival = watcher.wait(
-                report.rows_sent, timeout_seconds=settings.landing_timeout_seconds
+                report.rows,
+                timeout_seconds=settings.landing_timeout_seconds,
+                not_sent=[row["source_row"] for row in report.oversize_rows],
             )
         except DeliveryTimeoutError as error:
             raise Failure(str(error)) from error

@@ -9,6 +9,7 @@ it reads: a file that changed since pre-flight fails the ingest.
 Nothing is dropped silently:
 - A row with the wrong number of fields, or one the csv module cannot parse, is still sent. It goes
   as `_raw` (its text exactly as in the file, without its line terminator) plus `_parse_error`.
+- A blank line holds no record: it is counted (`blank_lines`), and rows are numbered without it.
 - A row too large for any record is written to `errors/{dataset}/producer/{ingest_id}/` in S3.
 - Records that still fail after the retry budget raise `DeliveryError`.
 """
@@ -100,7 +101,10 @@ class IngestReport:
     columns: tuple[str, ...]
     """The file's normalised header, in file order."""
     rows: int
-    """Data rows in the file, parse-error rows included (header, trailing empty lines excluded)."""
+    """Data rows (records) in the file, parse-error rows included; header and blank lines are not
+    rows. `_source_row` numbers them 1..rows."""
+    blank_lines: int
+    """Blank lines in the file, wherever they are: skipped, not sent."""
     bytes: int
     """JSON bytes sent to Kinesis (record data, partition keys excluded)."""
     records: int
@@ -158,6 +162,7 @@ def ingest(
         source_bytes=info.byte_size,
         columns=info.header,
         rows=encoder.rows,
+        blank_lines=encoder.blank_lines,
         parse_error_rows=encoder.parse_error_rows,
         oversize_rows=tuple(oversize.written),
         bytes=sent.bytes,

@@ -2,8 +2,10 @@
 
 A good row becomes `{column: value as text, ..., _source_file, _source_row, _ingest_id}` with the
 normalised header names as keys. A row that cannot be mapped to the header keeps only the
-provenance fields plus `_raw` (its text as in the file) and `_parse_error`; an empty line between
-rows is such a row too, empty lines after the last row are not rows.
+provenance fields plus `_raw` (its text as in the file) and `_parse_error`. A blank line (nothing
+before its line end) is not a record, as for `csv.DictReader`, pandas and R: it is counted in
+`blank_lines`, not sent, and rows are numbered without it. A line of spaces is a record (one
+field that is not the header's width), so it is sent as a parse-error row, not skipped.
 
 The csv module and a JSON template cost about 3 µs of Python per row. Polars parses a block of
 rows and encodes them as JSON in native code, with no Python per row. It is used only for blocks
@@ -38,7 +40,7 @@ class RowEncoder:
     """Turns a CSV byte stream into JSON lines (UTF-8, `\\n`-terminated), one per data row.
 
     The encoder is lazy and reads one file once; it checks the header is the one pre-flight
-    read. After iteration, `rows` and `parse_error_rows` hold the counts.
+    read. After iteration, `rows`, `parse_error_rows` and `blank_lines` hold the counts.
     """
 
     def __init__(self, header: Sequence[str], *, source_file: str, ingest_id: str):
@@ -47,9 +49,9 @@ class RowEncoder:
         self.ingest_id = ingest_id
         self.rows = 0
         self.parse_error_rows = 0
+        self.blank_lines = 0
         self._header_read = False
         self._record: list[str] = []  # physical lines of the record being parsed, as in the file
-        self._empty_lines: list[str] = []  # held back: only those followed by a row are rows
         self._template = _line_template(self.header, source_file, ingest_id)
 
     def batches(self, source: BinaryIO) -> Iterator[LineBatch]:
@@ -63,8 +65,6 @@ class RowEncoder:
         width = len(self.header)
         for block in blocks:
             if self._header_read and (records := plain_records(block, width)):
-                if self._empty_lines:
-                    yield LineBatch.of(self._held_back_empty_lines())
                 batch = encode_plain(
                     block,
                     records,
@@ -133,27 +133,18 @@ class RowEncoder:
             try:
                 for fields in reader:
                     if not fields:
-                        self._empty_lines.append(_raw(record))
+                        self.blank_lines += 1
+                    elif len(fields) == width:
+                        self.rows += 1
+                        yield (template % (*map(encode, fields), self.rows)).encode()
                     else:
-                        if self._empty_lines:
-                            yield from self._held_back_empty_lines()
-                        if len(fields) == width:
-                            self.rows += 1
-                            yield (template % (*map(encode, fields), self.rows)).encode()
-                        else:
-                            reason = f"expected {width} fields, found {len(fields)}"
-                            yield self._parse_error_line(_raw(record), reason)
+                        reason = f"expected {width} fields, found {len(fields)}"
+                        yield self._parse_error_line(_raw(record), reason)
                     record.clear()
                 return
             except csv_reader.Error as exc:
-                yield from self._held_back_empty_lines()
                 yield self._parse_error_line(_raw(record), f"CSV error: {exc}")
                 record.clear()
-
-    def _held_back_empty_lines(self) -> list[bytes]:
-        lines = [self._parse_error_line(raw, "empty line") for raw in self._empty_lines]
-        self._empty_lines.clear()
-        return lines
 
     def _parse_error_line(self, raw: str, reason: str) -> bytes:
         self.rows += 1

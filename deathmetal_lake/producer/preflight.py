@@ -175,9 +175,10 @@ def _scan_records(
 ) -> tuple[int, int, bool]:
     """Parse the file (or its first lines) as the encoder will, to say where a problem is.
 
-    Returns the number of records that ended, counting the header (so also the data row of
-    the record after them), the line that record starts on, and whether the input ended inside a
-    quoted field. Reading stops at `max_lines`, so bytes that are not UTF-8 after it do not matter.
+    Returns the number of records that ended, counting the header and not blank lines (so also
+    the data row of the record after them, as `_source_row` numbers it), the line that record
+    starts on, and whether the input ended inside a quoted field. Reading stops at `max_lines`,
+    so bytes that are not UTF-8 after it do not matter.
     """
     with open_source() as source:
         text = io.TextIOWrapper(source, encoding="utf-8-sig", errors="replace", newline="")
@@ -195,8 +196,9 @@ def _scan_records(
         try:
             while True:
                 try:
-                    for _ in reader:
-                        records, next_line = records + 1, line_no + 1
+                    for fields in reader:
+                        records += bool(fields)  # a blank line is not a record
+                        next_line = line_no + 1
                     return records, next_line, False
                 except csv_reader.Error:
                     if exhausted:  # the csv module raises at the end only inside quotes
