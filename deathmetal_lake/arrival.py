@@ -30,6 +30,10 @@ class DeliveryTimeoutError(TimeoutError):
     """Firehose did not deliver every row of an ingest in time."""
 
 
+class NothingDeliveredError(DeliveryTimeoutError):
+    """Not one row of an ingest arrived: its delivery stream does not deliver at all."""
+
+
 @dataclass
 class Arrival:
     """What has arrived so far for one ingest: its objects and the source rows in them."""
@@ -130,8 +134,11 @@ class DeliveryWatcher:
             # The send failed too: its error is the one to report, this one goes with it.
             exc.add_note(f"reading delivered objects also failed: {error!r}")
 
-    def wait(self, expected_rows: int, timeout_seconds: float) -> Arrival:
-        """Poll until all `expected_rows` arrived; raise DeliveryTimeoutError after the timeout."""
+    def wait(
+        self, expected_rows: int, timeout_seconds: float, silence_seconds: float | None = None
+    ) -> Arrival:
+        """Poll until all `expected_rows` arrived; raise DeliveryTimeoutError after the timeout,
+        or NothingDeliveredError as soon as `silence_seconds` passed without a single row."""
         self._stop_watching()
         started = time.monotonic()
         while True:
@@ -140,6 +147,12 @@ class DeliveryWatcher:
             missing = self.arrival.missing(expected_rows)
             if missing <= 0:
                 return self.arrival
+            silent = silence_seconds is not None and self.arrival.seconds > silence_seconds
+            if silent and not self.arrival.objects:
+                raise NothingDeliveredError(
+                    f"ingest {self._ingest_id}: none of its {expected_rows} rows arrived in "
+                    f"s3://{self._bucket}/{self._prefix} within {silence_seconds:.0f}s"
+                )
             if self.arrival.seconds > timeout_seconds:
                 raise DeliveryTimeoutError(
                     f"ingest {self._ingest_id}: {missing} of {expected_rows} rows were not "

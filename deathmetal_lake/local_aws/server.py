@@ -65,6 +65,7 @@ def serve(
         clients["s3"],
         clients["kinesis"],
         clients["firehose"],
+        clients["iam"],
         bucket=bucket,
         region=region,
         buffering_seconds=buffer_seconds,
@@ -127,7 +128,7 @@ def _clients(endpoint: str, region: str) -> dict[str, Any]:
             aws_secret_access_key="test",
             config=Config(retries={"max_attempts": 10, "mode": "standard"}),
         )
-        for service in ("s3", "kinesis", "firehose")
+        for service in ("s3", "kinesis", "firehose", "iam")
     }
 
 
