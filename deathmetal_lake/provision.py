@@ -32,13 +32,24 @@ PROBE = "_probe"
 DEFAULT_TIMEOUT_SECONDS = 120.0
 # LocalStack drops records sent before its consumer reads: a lost probe is sent again.
 RESEND_SECONDS = 5.0
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
+# How many delivery streams that failed to create are deleted and created again.
+REPAIRS = 2
 _CLOCK_SLACK = timedelta(seconds=30)
 FAILED_STATUSES = {"CREATING_FAILED", "DELETING", "DELETING_FAILED"}
 
 
 class NotDeliveringError(RuntimeError):
     """A delivery stream did not deliver a probe in time (or cannot)."""
+
+
+class FailedDeliveryStreamError(NotDeliveringError):
+    """A delivery stream failed to create; it never recovers, but one created again may work
+    (LocalStack fails one whose consumer did not start within 90 s, on a busy machine)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass
@@ -80,9 +91,8 @@ def _check_status(firehose: Any, dataset: Dataset) -> None:
     status = description["DeliveryStreamStatus"]
     if status in FAILED_STATUSES:
         reason = description.get("FailureDescription", {}).get("Details", "no details")
-        raise NotDeliveringError(
-            f"delivery stream {dataset.firehose_name} is {status}: {reason} (on LocalStack, see "
-            "its log; `make provision` deletes a failed delivery stream and creates it again)"
+        raise FailedDeliveryStreamError(
+            dataset.firehose_name, f"delivery stream {dataset.firehose_name} is {status}: {reason}"
         )
 
 
@@ -143,23 +153,6 @@ def wait_until_delivering(
     return delivered
 
 
-def _delete_failed(firehose: Any) -> list[str]:
-    """Delete the lake's delivery streams that failed to create; they never recover by themselves
-    (LocalStack fails one whose consumer did not start within 90 s, on a busy machine)."""
-    failed = []
-    for dataset in DATASETS:
-        name = dataset.firehose_name
-        status = firehose.describe_delivery_stream(DeliveryStreamName=name)[
-            "DeliveryStreamDescription"
-        ]["DeliveryStreamStatus"]
-        if status == "CREATING_FAILED":
-            firehose.delete_delivery_stream(DeliveryStreamName=name, AllowForceDelete=True)
-            failed.append(name)
-    for name in failed:
-        _wait_deleted(firehose, name)
-    return failed
-
-
 def _wait_deleted(firehose: Any, name: str, timeout_seconds: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
@@ -179,7 +172,7 @@ def provision(settings: LakeSettings, timeout_seconds: float = DEFAULT_TIMEOUT_S
         service: boto3.client(service, **settings.boto3_client_kwargs())
         for service in ("s3", "kinesis", "firehose", "iam")
     }
-    for attempt in (1, 2):
+    for attempt in range(REPAIRS + 1):
         created = provision_lake(
             clients["s3"],
             clients["kinesis"],
@@ -193,17 +186,23 @@ def provision(settings: LakeSettings, timeout_seconds: float = DEFAULT_TIMEOUT_S
             ),
         )
         print(f"{settings.aws_endpoint}: created {', '.join(created) or 'nothing (all there)'}")
-        failed = _delete_failed(clients["firehose"]) if attempt == 1 else []
-        if not failed:
+        try:
+            delivered = wait_until_delivering(
+                clients["s3"],
+                clients["kinesis"],
+                clients["firehose"],
+                bucket=settings.bucket,
+                timeout_seconds=timeout_seconds,
+            )
             break
-        print(f"{', '.join(failed)} failed to create: deleted, creating again")
-    delivered = wait_until_delivering(
-        clients["s3"],
-        clients["kinesis"],
-        clients["firehose"],
-        bucket=settings.bucket,
-        timeout_seconds=timeout_seconds,
-    )
+        except FailedDeliveryStreamError as error:
+            if attempt == REPAIRS:
+                raise
+            print(f"{error}: deleting it to create it again")
+            clients["firehose"].delete_delivery_stream(
+                DeliveryStreamName=error.name, AllowForceDelete=True
+            )
+            _wait_deleted(clients["firehose"], error.name)
     for name, seconds in sorted(delivered.items()):
         print(f"{name} delivers (probe in landing/ after {seconds:.1f}s)")
 

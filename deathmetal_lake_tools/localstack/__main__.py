@@ -69,11 +69,12 @@ def _run(command: list[str], root: Path) -> int:
         env = {**os.environ, "LAKE_AWS_MODE": "localstack", "AWS_ENDPOINT_URL": localstack.endpoint}
         code = subprocess.run(command, env=env, check=False).returncode
         memory.done.set()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+        # Before LocalStack is stopped (and reaped): the largest process of the command alone.
+        command_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
     print(
         f"{' '.join(command)}: exit {code} in {time.monotonic() - started:.0f}s; peak memory: "
-        f"LocalStack {memory.peak / 2**20:.0f} MiB (all its processes), "
-        f"largest other process {children} MiB"
+        f"LocalStack {memory.peak / 2**20:.0f} MiB (all its processes together), "
+        f"the command's largest process {command_peak} MiB"
     )
     if code:
         print(f"LocalStack's log: {localstack.log}")

@@ -186,6 +186,9 @@ def start(root: Path, port: int) -> LocalStack:
         # The KCL's temp files (`kclipy.*`) go with the rest of this LocalStack.
         "TMPDIR": str(root / "tmp"),
         "VIRTUAL_ENV": str(cache / "venv"),
+        # The KCL consumers (a JVM per delivery stream) must start within 90 s, or LocalStack
+        # fails the delivery stream: the client compiler alone starts them with less CPU.
+        "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
         # The consumer script LocalStack writes starts with `#!/usr/bin/env python`.
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
     }
