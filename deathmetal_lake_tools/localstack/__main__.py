@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from deathmetal_lake.settings import load_settings
@@ -33,30 +34,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _group_rss(pgid: int) -> int:
-    """Resident bytes of every process in the group (LocalStack, its JVMs, node)."""
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of LocalStack and every process it started (its JVMs, node)."""
     total = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            if int(stat.rpartition(")")[2].split()[2]) == pgid:
-                total += int((proc / "statm").read_text().split()[1]) * PAGE
-        except (OSError, ValueError, IndexError):
-            continue
+    for member in host.process_tree(pid):
+        with suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * PAGE
     return total
 
 
 class _PeakMemory(threading.Thread):
-    def __init__(self, pgid: int) -> None:
+    def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pgid, self.peak = pgid, 0
+        self.pid, self.peak = pid, 0
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(1.0):
-            self.peak = max(self.peak, _group_rss(self.pgid))
+            self.peak = max(self.peak, _tree_rss(self.pid))
 
 
 def _run(command: list[str], root: Path) -> int:

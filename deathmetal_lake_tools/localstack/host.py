@@ -227,26 +227,57 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _parents() -> dict[int, int]:
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        with suppress(OSError, ValueError, IndexError):
+            if proc.name.isdigit():
+                stat = (proc / "stat").read_text()
+                parents[int(proc.name)] = int(stat.rpartition(")")[2].split()[1])
+    return parents
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants. LocalStack starts node and every KCL JVM in sessions of their
+    own, so its process group alone does not hold them."""
+    parents = _parents()
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _reap(pid: int) -> None:
-    """Collect the leader's exit status if this process started it (a zombie keeps its group)."""
+    """Collect the leader's exit status if this process started it (a zombie keeps its pid)."""
     with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
 
 def stop(running: LocalStack) -> None:
-    """SIGTERM (LocalStack stops its Java and Node children), then SIGKILL what is left."""
-    pgid = running.pid  # the leader of its own session and process group
-    if not _group_alive(pgid):
+    """SIGTERM (LocalStack stops its Java and Node children), then SIGKILL what is left of it."""
+    if not _group_alive(running.pid):
         return
-    os.killpg(pgid, signal.SIGTERM)
+    tree = process_tree(running.pid)
+    os.killpg(running.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
     while time.monotonic() < deadline:
         _reap(running.pid)
-        if not _group_alive(pgid):
+        if not any(_alive(pid) for pid in tree):
             break
         time.sleep(0.2)
     else:
-        os.killpg(pgid, signal.SIGKILL)
+        for pid in tree:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _reap(running.pid)
     (running.root / PID_FILE).unlink(missing_ok=True)
 
