@@ -116,7 +116,7 @@ def test_landing_objects_are_named_as_localstack_names_them(localstack: Lake) ->
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_bronze_equals_the_embedded_runs(embedded: Lake, localstack: Lake, dataset: str) -> None:
+def test_bronze_equals_the_embedded_runs(localstack: Lake, embedded: Lake, dataset: str) -> None:
     assert localstack.sample_ingests == embedded.sample_ingests
     ingest = embedded.sample_ingests[dataset]
     assert_frame_equal(
@@ -126,7 +126,7 @@ def test_bronze_equals_the_embedded_runs(embedded: Lake, localstack: Lake, datas
 
 
 def test_silver_quarantine_and_gold_equal_the_embedded_runs(
-    embedded: Lake, localstack: Lake
+    localstack: Lake, embedded: Lake
 ) -> None:
     expected, actual = snapshot(embedded), snapshot(localstack)
     assert actual.keys() == expected.keys()
