@@ -20,7 +20,8 @@ dotenv = $(shell sed -n 's/^$(1)=//p' .env 2>/dev/null | tail -n 1)
 LAKE_STATE_DIR ?= $(or $(call dotenv,LAKE_STATE_DIR),.lake)
 export DAGSTER_HOME ?= $(or $(call dotenv,DAGSTER_HOME),$(abspath $(LAKE_STATE_DIR))/dagster)
 
-.PHONY: dev run test lint lock audit aws-up aws-down aws-status clean-state
+.PHONY: dev run test test-localstack provision localstack-up localstack-down lint lock audit \
+	aws-up aws-down aws-status clean-state
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,24 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The lake's resources on the embedded AWS or LocalStack, then a wait until every delivery stream
+# delivers a probe; on LAKE_AWS_MODE=aws it refuses (that is Terraform's job, infra/).
+provision: $(VENV)/.installed
+	$(BIN)/python -m deathmetal_lake.provision
+
+# The end-to-end tests (marker `localstack`, left out of `make test`) against a host-mode LocalStack
+# of their own on a free port: installed once into ~/.cache/deathmetal-lake, stopped at the end.
+test-localstack: $(VENV)/.installed-test
+	$(BIN)/python -m deathmetal_lake_tools.localstack run -- \
+		sh -c '$(MAKE) --no-print-directory provision && $(BIN)/python -m pytest -q -m localstack'
+
+# A host-mode LocalStack on 127.0.0.1:4566 for LAKE_AWS_MODE=localstack (log in .lake/localstack/).
+localstack-up: $(VENV)/.installed
+	$(BIN)/python -m deathmetal_lake_tools.localstack up
+
+localstack-down: $(VENV)/.installed
+	$(BIN)/python -m deathmetal_lake_tools.localstack down
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

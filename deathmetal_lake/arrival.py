@@ -31,6 +31,10 @@ class DeliveryTimeoutError(TimeoutError):
     """Firehose did not deliver every row of an ingest in time."""
 
 
+class NothingDeliveredError(DeliveryTimeoutError):
+    """Not one row of an ingest arrived: its delivery stream does not deliver at all."""
+
+
 @dataclass
 class Arrival:
     """What has arrived so far for one ingest: its objects and the source rows in them."""
@@ -137,10 +141,16 @@ class DeliveryWatcher:
             exc.add_note(f"reading delivered objects also failed: {error!r}")
 
     def wait(
-        self, source_rows: int, timeout_seconds: float, *, not_sent: Iterable[int] = ()
+        self,
+        source_rows: int,
+        timeout_seconds: float,
+        *,
+        not_sent: Iterable[int] = (),
+        silence_seconds: float | None = None,
     ) -> Arrival:
         """Poll until every row sent arrived: rows 1..`source_rows` but those in `not_sent`
-        (written to errors/ instead). Raise DeliveryTimeoutError after the timeout."""
+        (written to errors/ instead). Raise DeliveryTimeoutError after the timeout, or
+        NothingDeliveredError as soon as `silence_seconds` passed without a single row."""
         self._stop_watching()
         expected = sent_rows(source_rows, not_sent)
         started = time.monotonic()
@@ -150,6 +160,12 @@ class DeliveryWatcher:
             missing = self.arrival.missing(expected)
             if missing.is_empty():
                 return self.arrival
+            silent = silence_seconds is not None and self.arrival.seconds > silence_seconds
+            if silent and not self.arrival.objects:
+                raise NothingDeliveredError(
+                    f"ingest {self._ingest_id}: none of its {expected.len()} rows arrived in "
+                    f"s3://{self._bucket}/{self._prefix} within {silence_seconds:.0f}s"
+                )
             if self.arrival.seconds > timeout_seconds:
                 raise DeliveryTimeoutError(
                     f"ingest {self._ingest_id}: {missing.len()} of {expected.len()} rows were not "

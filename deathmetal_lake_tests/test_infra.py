@@ -1,8 +1,9 @@
 """infra/ (Terraform, for LocalStack and AWS) and the embedded provisioner must build the same lake.
 
-The embedded AWS is provisioned from the dataset registry through provision.py's request builders;
-LocalStack and AWS get `infra/*.tf`. Nothing runs Terraform here (no providers can be downloaded),
-so these tests parse the HCL and compare it with those builders: a rename, a prefix or a shard count
+The embedded AWS and `make provision` (embedded or LocalStack) create the lake through
+provision.py's request builders; `tflocal`/LocalStack and AWS get `infra/*.tf`. Nothing runs
+Terraform here (no providers can be downloaded), so these tests parse the HCL and compare it with
+those builders and the Firehose role's policies: a rename, a prefix, a shard count or a grant
 changed on one side only fails here. They also pin the hardening and the docker-compose LocalStack.
 """
 
@@ -26,6 +27,7 @@ from deathmetal_lake.datasets import DATASETS, BufferingHints, Dataset
 from deathmetal_lake.local_aws import provision
 from deathmetal_lake.local_aws.provision import delivery_stream_request, kinesis_stream_request
 from deathmetal_lake.settings import LOCALSTACK_ENDPOINT, LakeSettings
+from deathmetal_lake_tools.localstack import host as localstack_host
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -345,6 +347,69 @@ def test_role_name_is_the_provisioners(tf: Terraform) -> None:
     role = blocks_of(tf, "resource", "aws_iam_role")["firehose"]
     assert role["name"] == provision.FIREHOSE_ROLE_NAME
     assert provision.firehose_role_arn().endswith(f":role/{role['name']}")
+
+
+def _terraform_resource_names(tf: Terraform, resources: Any) -> list[str]:
+    """A statement's resources by what they name; `[for x in aws_kinesis_stream.this : x.arn]`
+    names every stream of `local.datasets`."""
+    if resources == "${[for stream in aws_kinesis_stream.this : stream.arn]}":
+        return sorted(f"{name}-stream" for name in local_value(tf, "datasets"))
+    return sorted(evaluate(tf, resource) for resource in _strings(resources))
+
+
+def _provisioner_resource_names(resources: list[str]) -> list[str]:
+    return sorted(
+        resource.removeprefix("arn:aws:s3:::").rpartition(":stream/")[2] for resource in resources
+    )
+
+
+def role_mismatches(tf: Terraform, policy: dict[str, Any], trust: dict[str, Any]) -> list[str]:
+    """How the provisioner's Firehose role (`make provision`) differs from infra/'s."""
+    mismatches = []
+    documents = blocks_of(tf, "data", "aws_iam_policy_document")
+    for document, provisioned in (("firehose", policy), ("firehose_assume_role", trust)):
+        terraform = {
+            s["sid"]: (sorted(s["actions"]), _terraform_resource_names(tf, s.get("resources", [])))
+            for s in documents[document]["statement"]
+        }
+        python = {
+            s["Sid"]: (
+                sorted(_strings(s["Action"])),
+                _provisioner_resource_names(_strings(s.get("Resource", []))),
+            )
+            for s in provisioned["Statement"]
+        }
+        if python != terraform:
+            mismatches.append(f"{document}: provisioner {python} != terraform {terraform}")
+    (statement,) = trust["Statement"]
+    if statement["Principal"] != {"Service": "firehose.amazonaws.com"} or statement[
+        "Condition"
+    ] != {"StringEquals": {"aws:SourceAccount": provision.ACCOUNT_ID}}:
+        mismatches.append(f"firehose_assume_role: provisioner trusts {statement}")
+    (role_policy,) = blocks_of(tf, "resource", "aws_iam_role_policy").values()
+    if role_policy["name"] != provision.FIREHOSE_POLICY_NAME:
+        mismatches.append(f"role policy name: terraform {role_policy['name']!r}")
+    return mismatches
+
+
+def test_provisioner_role_is_terraforms(tf: Terraform) -> None:
+    policy = provision.firehose_role_policy(CONTRACT_BUCKET, REGION)
+    assert role_mismatches(tf, policy, provision.firehose_trust_policy()) == []
+
+
+def test_provisioner_role_change_is_reported(tf: Terraform) -> None:
+    policy = provision.firehose_role_policy(CONTRACT_BUCKET, REGION)
+    policy["Statement"][0]["Action"].append("kinesis:PutRecord")
+    policy["Statement"][2]["Resource"].append(f"arn:aws:s3:::{CONTRACT_BUCKET}/*")
+    trust = provision.firehose_trust_policy()
+    trust["Statement"][0]["Principal"] = {"Service": "lambda.amazonaws.com"}
+    mismatches = role_mismatches(tf, policy, trust)
+    assert any(m.startswith("firehose: ") and "kinesis:PutRecord" in m for m in mismatches)
+    assert any(m.startswith("firehose_assume_role: provisioner trusts") for m in mismatches)
+    changed = copy.deepcopy(tf)
+    blocks_of(changed, "resource", "aws_iam_role_policy")["firehose"]["name"] = "other"
+    trust = provision.firehose_trust_policy()
+    assert role_mismatches(changed, provision.firehose_role_policy(CONTRACT_BUCKET, REGION), trust)
 
 
 def _set(path: Callable[[Terraform], dict], attribute: str, value: Any) -> Callable:
@@ -735,6 +800,8 @@ def test_localstack_image_is_pinned_to_a_tokenless_release(compose: dict[str, An
     match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", tag)
     assert match, f"{image} is not pinned to a release tag"
     assert tuple(map(int, match.groups())) <= (4, 14, 0)
+    # One LocalStack for both routes: the version `make test-localstack` runs on the host.
+    assert tag == localstack_host.VERSION
 
 
 def test_localstack_services(tf: Terraform, compose: dict[str, Any]) -> None:

@@ -405,6 +405,7 @@ def test_provisioning_and_starting_again_change_nothing(embedded_aws: LakeSettin
             aws_client(settings, "s3"),
             aws_client(settings, "kinesis"),
             aws_client(settings, "firehose"),
+            aws_client(settings, "iam"),
             bucket=settings.bucket,
             region=settings.region,
             buffering_seconds=settings.embedded_buffer_seconds,

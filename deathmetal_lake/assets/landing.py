@@ -18,7 +18,12 @@ from dagster import (
     asset,
 )
 
-from deathmetal_lake.arrival import Arrival, DeliveryTimeoutError, DeliveryWatcher
+from deathmetal_lake.arrival import (
+    Arrival,
+    DeliveryTimeoutError,
+    DeliveryWatcher,
+    NothingDeliveredError,
+)
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
@@ -56,8 +61,17 @@ def landing_key(dataset: Dataset) -> AssetKey:
     return AssetKey([GROUP, dataset.name])
 
 
-def _check_delivery_stream(firehose: FirehoseResource, dataset: Dataset) -> None:
-    """Firehose reads from the stream's tip once ACTIVE: rows sent earlier would never land."""
+# Beyond its buffering interval, how long a delivery stream may stay silent before the run says
+# it does not deliver (rather than waiting out the whole landing timeout).
+SILENCE_MARGIN_SECONDS = 30.0
+
+
+def _check_delivery_stream(firehose: FirehoseResource, dataset: Dataset) -> float:
+    """Firehose reads from the stream's tip once ACTIVE: rows sent earlier would never land.
+
+    Returns how long the delivery stream may take to deliver anything: its interval hint plus
+    a margin.
+    """
     description = firehose.get_client().describe_delivery_stream(
         DeliveryStreamName=dataset.firehose_name
     )["DeliveryStreamDescription"]
@@ -66,6 +80,11 @@ def _check_delivery_stream(firehose: FirehoseResource, dataset: Dataset) -> None
             f"delivery stream {dataset.firehose_name} is {description['DeliveryStreamStatus']}, "
             "not ACTIVE; rows sent now would not be delivered. Retry once it is ACTIVE."
         )
+    destination = description["Destinations"][0].get("ExtendedS3DestinationDescription", {})
+    interval = destination.get("BufferingHints", {}).get(
+        "IntervalInSeconds", dataset.buffering.interval_seconds
+    )
+    return interval + SILENCE_MARGIN_SECONDS
 
 
 def _find_source(
@@ -129,7 +148,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
         settings = lake.settings
         s3_client = s3.get_client()
         source, checked = _find_source(settings, s3_client, dataset, ingest_id)
-        _check_delivery_stream(firehose, dataset)
+        silence_seconds = _check_delivery_stream(firehose, dataset)
         context.log.info(f"ingesting {source.location} as {ingest_id}")
         started = datetime.now(UTC)
         watcher = DeliveryWatcher(
@@ -160,7 +179,15 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 report.rows,
                 timeout_seconds=settings.landing_timeout_seconds,
                 not_sent=[row["source_row"] for row in report.oversize_rows],
+                silence_seconds=silence_seconds,
             )
+        except NothingDeliveredError as error:
+            raise Failure(
+                f"{error}: delivery stream {dataset.firehose_name} is not delivering from "
+                f"{dataset.stream_name}. Run `make provision` (it waits until every delivery "
+                "stream delivers; a LocalStack one drops what is sent in its first ~30 s), "
+                "then re-run this partition: rows delivered twice are counted once."
+            ) from error
         except DeliveryTimeoutError as error:
             raise Failure(str(error)) from error
         total_seconds = (datetime.now(UTC) - started).total_seconds()

@@ -1,12 +1,14 @@
 """Idempotent provisioning of the lake's AWS resources, built from the dataset registry.
 
-The embedded AWS runs this at every start; on LocalStack and AWS, Terraform in `infra/` creates
-the same resources (a test parses `infra/*.tf` and checks both agree with the request builders
-below).
+The embedded AWS runs this at every start and `make provision` on the embedded AWS or LocalStack;
+on AWS, Terraform in `infra/` creates the same resources (a test parses `infra/*.tf` and checks
+both agree with the request builders below). Terraform also hardens what it creates (bucket
+encryption, versioning, lifecycle, Kinesis KMS); emulators get the resources without that.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ from deathmetal_lake.datasets import DATASETS, BufferingHints, Dataset
 
 ACCOUNT_ID = "123456789012"
 FIREHOSE_ROLE_NAME = "deathmetal-lake-firehose"
+FIREHOSE_POLICY_NAME = "deathmetal-lake-firehose-delivery"
 
 
 def firehose_role_arn(account_id: str = ACCOUNT_ID) -> str:
@@ -24,6 +27,55 @@ def firehose_role_arn(account_id: str = ACCOUNT_ID) -> str:
 
 def stream_arn(dataset: Dataset, region: str, account_id: str = ACCOUNT_ID) -> str:
     return f"arn:aws:kinesis:{region}:{account_id}:stream/{dataset.stream_name}"
+
+
+def firehose_trust_policy(account_id: str = ACCOUNT_ID) -> dict[str, Any]:
+    """Only Firehose of this account may assume the role (the confused-deputy guard)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "FirehoseOfThisAccountOnly",
+                "Effect": "Allow",
+                "Principal": {"Service": "firehose.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
+            }
+        ],
+    }
+
+
+def firehose_role_policy(bucket: str, region: str) -> dict[str, Any]:
+    """Read the lake's streams, write `landing/` and `errors/`: what `infra/` grants."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadOwnKinesisStreams",
+                "Effect": "Allow",
+                "Action": [
+                    "kinesis:DescribeStream",
+                    "kinesis:DescribeStreamSummary",
+                    "kinesis:GetRecords",
+                    "kinesis:GetShardIterator",
+                    "kinesis:ListShards",
+                ],
+                "Resource": [stream_arn(dataset, region) for dataset in DATASETS],
+            },
+            {
+                "Sid": "LocateLakeBucket",
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketLocation", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+            },
+            {
+                "Sid": "WriteLandingAndErrors",
+                "Effect": "Allow",
+                "Action": ["s3:AbortMultipartUpload", "s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/landing/*", f"arn:aws:s3:::{bucket}/errors/*"],
+            },
+        ],
+    }
 
 
 def kinesis_stream_request(dataset: Dataset) -> dict[str, Any]:
@@ -108,16 +160,36 @@ def _sync_buffering(firehose: Any, request: dict[str, Any]) -> None:
         )
 
 
+def _provision_role(iam: Any, bucket: str, region: str) -> bool:
+    """The Firehose role and its inline policy (rewritten every time: PutRolePolicy overwrites)."""
+    created = _ignore_exists(
+        iam.create_role,
+        ("EntityAlreadyExists",),
+        RoleName=FIREHOSE_ROLE_NAME,
+        AssumeRolePolicyDocument=json.dumps(firehose_trust_policy()),
+        Description="Lets the lake's Firehose delivery streams read their Kinesis streams "
+        "and write landing/ and errors/.",
+    )
+    iam.put_role_policy(
+        RoleName=FIREHOSE_ROLE_NAME,
+        PolicyName=FIREHOSE_POLICY_NAME,
+        PolicyDocument=json.dumps(firehose_role_policy(bucket, region)),
+    )
+    return created
+
+
 def provision_lake(
     s3: Any,
     kinesis: Any,
     firehose: Any,
+    iam: Any,
     *,
     bucket: str,
     region: str,
     buffering_seconds: int | None = None,
 ) -> list[str]:
-    """Create what is missing (bucket, streams, delivery streams); returns what was created.
+    """Create what is missing (bucket, Firehose role, streams, delivery streams); returns what
+    was created.
 
     `buffering_seconds` overrides every dataset's interval hint (the embedded AWS uses a short one
     so local runs are quick).
@@ -131,12 +203,17 @@ def provision_lake(
         s3.create_bucket, ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"), **bucket_args
     ):
         created.append(f"s3://{bucket}")
+    # Firehose checks its role when a delivery stream is created: the role comes first.
+    if _provision_role(iam, bucket, region):
+        created.append(f"iam role {FIREHOSE_ROLE_NAME}")
     for dataset in DATASETS:
         if _ignore_exists(
             kinesis.create_stream, ("ResourceInUseException",), **kinesis_stream_request(dataset)
         ):
             created.append(dataset.stream_name)
         _wait_stream_active(kinesis, dataset.stream_name)
+    # One at a time: LocalStack starts a consumer JVM in each CreateDeliveryStream (~25 s), and
+    # three starting at once on a busy machine missed its 90 s limit for the consumer's start.
     for dataset in DATASETS:
         hints = dataset.buffering
         if buffering_seconds is not None:

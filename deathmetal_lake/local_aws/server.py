@@ -86,6 +86,7 @@ def serve(
         clients["s3"],
         clients["kinesis"],
         clients["firehose"],
+        clients["iam"],
         bucket=bucket,
         region=region,
         buffering_seconds=buffer_seconds,
@@ -202,7 +203,7 @@ def _clients(endpoint: str, region: str) -> dict[str, Any]:
             aws_secret_access_key="test",
             config=Config(retries={"max_attempts": 10, "mode": "standard"}),
         )
-        for service in ("s3", "kinesis", "firehose")
+        for service in ("s3", "kinesis", "firehose", "iam")
     }
 
 
