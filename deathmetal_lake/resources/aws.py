@@ -16,6 +16,7 @@ from dagster_aws.s3 import S3Resource
 from dagster_aws.utils import ResourceWithBoto3Configuration
 
 from deathmetal_lake.local_aws import ensure_running
+from deathmetal_lake.local_aws.control import LOG_FILE
 from deathmetal_lake.retries import (
     AWS_MAX_ATTEMPTS,
     POLARS_CLOUD_ENV,
@@ -66,7 +67,7 @@ def unreachable_hint(settings: LakeSettings) -> str:
         return (
             f"the embedded AWS (LAKE_AWS_MODE=embedded) does not answer on {endpoint}: start it "
             "with `make aws-up` (python -m deathmetal_lake.local_aws up) and see `make aws-status` "
-            f"and its log {settings.state_path / 'embedded-aws.log'}; LAKE_EMBEDDED_PORT sets "
+            f"and its log {settings.state_path / LOG_FILE}; LAKE_EMBEDDED_PORT sets "
             "its port"
         )
     if settings.aws_mode is AwsMode.LOCALSTACK and not settings.endpoint_url:
