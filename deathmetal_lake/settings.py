@@ -19,6 +19,8 @@ from dagster import Config
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deathmetal_lake.retries import botocore_config
+
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
 ENV_FILE = ".env"
 """Settings for this checkout, relative to the current directory (git-ignored; see .env.example)."""
@@ -81,9 +83,13 @@ class LakeSettings(Config):
         """Fixed credentials for emulators; empty (boto3's credential chain) for real AWS."""
         return {} if self.aws_mode is AwsMode.AWS else dict(EMULATOR_CREDENTIALS)
 
-    def boto3_client_kwargs(self) -> dict[str, str]:
-        """Keyword arguments for `boto3.client(service, **kwargs)`."""
-        kwargs = {"region_name": self.region, **self.aws_credentials}
+    def boto3_client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `boto3.client(service, **kwargs)`, retries included."""
+        kwargs: dict[str, Any] = {
+            "region_name": self.region,
+            "config": botocore_config(),
+            **self.aws_credentials,
+        }
         if self.aws_endpoint:
             kwargs["endpoint_url"] = self.aws_endpoint
         return kwargs

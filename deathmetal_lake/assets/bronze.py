@@ -14,6 +14,7 @@ from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource
+from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.rows import INGEST_ID, PROVENANCE_COLUMNS, SOURCE_ROW
 from deathmetal_lake.transforms.silver import bronze_schema
 
@@ -60,6 +61,7 @@ def build_bronze_asset(dataset: Dataset) -> AssetsDefinition:
         metadata={"compression": "snappy"},
         # A landing partition materialized on its own (from the UI, say) brings its bronze along.
         automation_condition=AutomationCondition.eager(),
+        retry_policy=STEP_RETRY_POLICY,
         description=(
             f"`{dataset.name}` rows of one ingest exactly once: every source column as text plus "
             f"{', '.join(PROVENANCE_COLUMNS)}. At `bronze/{dataset.name}/<ingest>.parquet`."

@@ -10,6 +10,7 @@ from dagster import AssetIn, AssetKey, AssetsDefinition, asset
 
 from deathmetal_lake.assets.lineage import column_lineage, table_key
 from deathmetal_lake.automation import follow_upstream
+from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.transforms.gold import MARTS, Mart
 
 GROUP = "gold"
@@ -31,6 +32,7 @@ def build_gold_asset(mart: Mart) -> AssetsDefinition:
         },
         metadata={"dagster/column_lineage": column_lineage(mart.name)},
         automation_condition=follow_upstream(),
+        retry_policy=STEP_RETRY_POLICY,
     )
     def gold_table(**tables: pl.LazyFrame) -> pl.LazyFrame:
         return mart.transform(**tables)

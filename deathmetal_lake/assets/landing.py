@@ -45,6 +45,7 @@ from deathmetal_lake.resources import (
     LakeResource,
     LakeS3Resource,
 )
+from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.sources import (
     SourceFile,
@@ -98,7 +99,7 @@ def _find_source(
             read=lambda c: check_source(c.open, dataset=dataset, source_file=c.name),
         )
     except SourceNotFoundError as error:
-        raise Failure(str(error)) from error
+        raise Failure(str(error), allow_retries=False) from error
 
 
 def _landing_metadata(
@@ -131,6 +132,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
         kinds={"kinesis", "firehose", "s3"},
         owners=["team:data-platform"],
         io_manager_key="manifest_io_manager",
+        retry_policy=STEP_RETRY_POLICY,
         description=(
             f"Rows of `{dataset.name}` source files, one JSON line per row with provenance, "
             f"delivered by `{dataset.firehose_name}` from `{dataset.stream_name}` into "
@@ -173,7 +175,10 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                     checked=checked,
                 )
             except (SourceFileError, DeliveryError) as error:
-                raise Failure(str(error)) from error
+                # Not retried: a bad file stays bad, and the producer already re-sent each failed
+                # record with backoff; sending the whole ingest again would add load to a stream
+                # that throttles (LAKE_PUT_RECORDS_MAX_ATTEMPTS is the budget).
+                raise Failure(str(error), allow_retries=False) from error
         try:
             arrival = watcher.wait(
                 report.rows,
@@ -189,7 +194,13 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 "then re-run this partition: rows delivered twice are counted once."
             ) from error
         except DeliveryTimeoutError as error:
-            raise Failure(str(error)) from error
+            # Retrying at once would wait as long again; the rows are in Kinesis meanwhile.
+            raise Failure(
+                f"{error}. Firehose is slower than LAKE_LANDING_TIMEOUT_SECONDS "
+                f"({settings.landing_timeout_seconds:.0f}s): raise it, or re-execute this "
+                "partition later (it sends the rows again; bronze removes the copies)",
+                allow_retries=False,
+            ) from error
         total_seconds = (datetime.now(UTC) - started).total_seconds()
         return Output(
             LandingManifest(

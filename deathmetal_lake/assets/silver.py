@@ -30,6 +30,7 @@ from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.resources import LakeTables, TableUpdate
 from deathmetal_lake.resources.io_managers import FOLDER_TABLE, PART_VERSIONS
+from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.rows import INGEST_ID, IngestKey
 from deathmetal_lake.transforms import joins, merge
 from deathmetal_lake.transforms.descriptions import SILVER_COLUMN_DESCRIPTIONS
@@ -91,6 +92,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
             "staged": AssetIn(key=staging_key(dataset), **_ALL_INGESTS),
             "bronze": AssetIn(key=bronze_key(dataset), **_ALL_INGESTS),
         },
+        retry_policy=STEP_RETRY_POLICY,
     )
     def silver(
         context: AssetExecutionContext,
@@ -180,6 +182,7 @@ def _join_asset(
         deps=[left_key, right_key],
         metadata={**FOLDER_TABLE, "dagster/column_lineage": column_lineage(name)},
         automation_condition=follow_upstream(),
+        retry_policy=STEP_RETRY_POLICY,
     )
     def join(context: AssetExecutionContext, tables: LakeTables) -> Output[TableUpdate]:
         left = tables.part_versions(left_key)

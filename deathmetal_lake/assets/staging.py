@@ -24,6 +24,7 @@ from dagster import (
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
+from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.transforms.silver import CHECK_REASON_COLUMN, stage
 
 # Partitioned by ingest like bronze, and run with it: the per-ingest half of the lake.
@@ -66,6 +67,7 @@ def build_staging_asset(dataset: Dataset) -> AssetsDefinition:
         kinds={"polars", "parquet", "s3"},
         owners=["team:data-platform"],
         automation_condition=AutomationCondition.eager(),
+        retry_policy=STEP_RETRY_POLICY,
         description=(
             f"`{dataset.name}` rows of one ingest typed and checked against the silver rules "
             f"(`{CHECK_REASON_COLUMN}`: the first rule a row breaks). Internal: silver merges "

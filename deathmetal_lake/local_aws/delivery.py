@@ -156,7 +156,14 @@ class FirehoseDelivery:
         if self._thread is not None:
             self._thread.join()
         for delivery in list(self._deliveries.values()):
-            self._deliver(delivery, final=True)
+            try:
+                self._deliver(delivery, final=True)
+            except Exception:
+                # Still in Kinesis, journaled, with the read position of the last object: the
+                # next start delivers them.
+                log.exception(
+                    "delivery of %s failed at stop; the next start delivers it", delivery.name
+                )
 
     def _run(self) -> None:
         written = trimmed_at = 0
@@ -165,8 +172,9 @@ class FirehoseDelivery:
                 try:
                     self._deliver(delivery)
                 except Exception:
-                    # Firehose retries delivery; so do we, on the next tick, from the same buffer.
+                    # Firehose retries delivery; so do we, a second later, from the same buffer.
                     log.exception("delivery of %s failed; retrying", delivery.name)
+                    self._stop.wait(1.0)
             now_written = sum(d.objects for d in list(self._deliveries.values()))
             if now_written == written != trimmed_at:
                 # A burst of deliveries is over: give the memory its buffers used back.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import random
 import re
 import threading
@@ -32,10 +33,13 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request
 
 from deathmetal_lake.local_aws import kinesis, moto_adapter
+from deathmetal_lake.local_aws.faults import THROTTLED, FaultInjector, Faults
 from deathmetal_lake.local_aws.journal import Entry, Journal
 
 if TYPE_CHECKING:
     from deathmetal_lake.local_aws.compaction import Compactor
+
+log = logging.getLogger(__name__)
 
 _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
@@ -65,12 +69,8 @@ class Response:
         return int(self.status.split(" ", 1)[0]) < 300
 
 
-@dataclass
-class Faults:
-    """Injected faults, for tests and for users who want to see retries work."""
-
-    put_records_failure_rate: float = 0.0
-    seed: int = 0
+class JournalUnwritable(RuntimeError):
+    """The journal could not be written (a full disk, say): the emulator refuses every change."""
 
 
 def operation(entry: Entry) -> str | None:
@@ -87,6 +87,16 @@ def is_mutation(entry: Entry) -> bool:
     return entry.method in ("PUT", "POST", "DELETE")
 
 
+def _object_key(entry: Entry) -> str:
+    """The key of an S3 request on an object (path-style: `/bucket/key`)."""
+    return unquote(entry.path.lstrip("/").partition("/")[2])
+
+
+def _upload_id(entry: Entry) -> str | None:
+    found = _QUERY_UPLOAD_ID.search(entry.query)
+    return unquote(found.group(2)) if found else None
+
+
 def _is_object_read(entry: Entry) -> bool:
     """S3 GET/HEAD of an object: large, read-only, and safe to serve without the lock."""
     return (
@@ -96,8 +106,11 @@ def _is_object_read(entry: Entry) -> bool:
     )
 
 
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+
+
 def _status_line(status: int) -> str:
-    return f"{status} {({200: 'OK', 400: 'Bad Request', 404: 'Not Found'}).get(status, 'Error')}"
+    return f"{status} {_REASONS.get(status, 'Error')}"
 
 
 def _json_response(status: int, payload: dict[str, Any], content_type: str) -> Response:
@@ -113,6 +126,19 @@ def _moto_headers() -> list[tuple[str, str]]:
         ("x-amzn-requestid", "".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=52))),
         ("Access-Control-Allow-Origin", "*"),
     ]
+
+
+def _refusal(entry: Entry, status: int, code: str, message: str) -> Response:
+    """An error answer in the request's protocol: JSON (Kinesis, Firehose) or S3's XML."""
+    if operation(entry) is not None:
+        return _json_response(status, {"__type": code, "message": message}, _JSON_1_1)
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return Response(
+        _status_line(status), [("Content-Type", "application/xml"), *_moto_headers()], body.encode()
+    )
 
 
 def _error_response(error: moto_adapter.ServiceError) -> Response:
@@ -140,11 +166,11 @@ class Gateway:
         self.host = host
         self.lock = threading.RLock()
         self.ready = False
-        self.faults = Faults()
+        self.faults = FaultInjector()
+        self.journal_error: str | None = None
         self.observers: list[Observer] = []
         self.guards: list[Guard] = []
         self.status_provider: Callable[[], dict[str, Any]] = dict
-        self._rng = random.Random(0)
 
     # --- replay -----------------------------------------------------------------------------
 
@@ -233,10 +259,45 @@ class Gateway:
         if not is_mutation(entry):
             with self.lock:
                 return self._dispatch(entry)
-        if operation(entry) in _KINESIS_PUTS:
-            return self._kinesis_put(entry)
-        with self.lock:
-            return self._apply(entry)
+        if self.faults.fails_upload(entry.method, _upload_id(entry)):
+            return _refusal(
+                entry,
+                500,
+                "InternalError",
+                "We encountered an internal error. Please try again. (injected fault)",
+            )
+        try:
+            if self.journal_error is not None:
+                raise JournalUnwritable(self.journal_error)
+            if operation(entry) in _KINESIS_PUTS:
+                return self._kinesis_put(entry)
+            with self.lock:
+                return self._apply(entry)
+        except JournalUnwritable as error:
+            return _refusal(entry, 507, "InsufficientStorage", str(error))
+
+    def _journal(self, entry: Entry) -> None:
+        """Append to the journal; once that failed, refuse every change until a restart.
+
+        A write that failed may have left part of an entry, and the request it belongs to may
+        already be applied in memory: going on would journal changes that depend on it. A restart
+        replays what was journaled whole (a torn tail is cut) and drops the rest, which no client
+        was told had succeeded.
+        """
+        if self.journal_error is None:
+            try:
+                self.faults.check_journal_write(self.journal.path)
+                self.journal.append(entry)
+                return
+            except OSError as error:
+                self.journal_error = (
+                    f"the embedded AWS cannot write its journal {self.journal.path} "
+                    f"({error.strerror or error}) and refuses every change until it is restarted: "
+                    f"free space in {self.journal.path.parent}, then restart it (make aws-down, "
+                    "make aws-up); everything it acknowledged before is kept"
+                )
+                log.error(self.journal_error)
+        raise JournalUnwritable(self.journal_error)
 
     def _apply(self, entry: Entry) -> Response:
         """Dispatch at a journaled instant, journal on success, tell observers; under the lock."""
@@ -246,15 +307,18 @@ class Gateway:
         if response.ok:
             if entry.query.startswith("uploads") and (found := _UPLOAD_ID.search(response.body)):
                 entry.extra["upload_id"] = found.group(1).decode()
-            self.journal.append(entry)
+            self._journal(entry)
+            if "upload_id" in entry.extra:
+                self.faults.upload_created(_object_key(entry), entry.extra["upload_id"])
             self._notify(entry)
         return response
 
     def _kinesis_put(self, entry: Entry) -> Response:
         """PutRecord(s) through `kinesis.py`, failing a share of PutRecords' records if asked.
 
-        An injected failure is what Kinesis throttling does: an error entry inside a 200 answer.
-        The journal keeps the whole request and the indexes that failed, for replay.
+        An injected failure is what Kinesis throttling or an internal failure does: an error entry
+        inside a 200 answer. The journal keeps the whole request and the indexes that failed, for
+        replay.
         """
         try:
             request = kinesis.parse(entry, self.region)
@@ -266,20 +330,18 @@ class Gateway:
                 plan = kinesis.plan(request)
             except moto_adapter.ServiceError as error:
                 return _error_response(error)
-            failed: frozenset[int] = frozenset()
-            if request.operation == kinesis.PUT_RECORDS and self.faults.put_records_failure_rate:
-                failed = frozenset(
-                    i
-                    for i in range(len(request.records))
-                    if self._rng.random() < self.faults.put_records_failure_rate
-                )
+            failed: dict[int, str] = {}
+            if request.operation == kinesis.PUT_RECORDS:
+                failed = self.faults.record_failures(len(request.records))
             entry.extra["t"] = time.time()
             if failed:
                 entry.extra["failed"] = sorted(failed)
             if len(failed) < len(request.records):
-                self.journal.append(entry)
-                kinesis.store(plan, entry, self.journal, failed)
+                self._journal(entry)
+                kinesis.store(plan, entry, self.journal, frozenset(failed))
                 self._notify(entry)
+                if request.operation == kinesis.PUT_RECORDS:
+                    self.faults.put_records_journaled()
         if request.operation == kinesis.PUT_RECORD:
             accepted = plan.results[0]
             payload: dict[str, Any] = {
@@ -290,16 +352,14 @@ class Gateway:
             results, accepted_iter = [], iter(plan.results)
             for index, shard in enumerate(plan.shards):
                 if index in failed:
-                    results.append(
-                        {
-                            "ErrorCode": "ProvisionedThroughputExceededException",
-                            "ErrorMessage": (
-                                f"Rate exceeded for shard {moto_adapter.shard_id(shard)} in stream "
-                                f"{moto_adapter.stream_name(plan.stream)} under account "
-                                f"{request.account_id} (injected fault)."
-                            ),
-                        }
+                    message = (
+                        f"Rate exceeded for shard {moto_adapter.shard_id(shard)} in stream "
+                        f"{moto_adapter.stream_name(plan.stream)} under account "
+                        f"{request.account_id} (injected fault)."
+                        if failed[index] == THROTTLED
+                        else "Internal service failure. (injected fault)"
                     )
+                    results.append({"ErrorCode": failed[index], "ErrorMessage": message})
                 else:
                     results.append(next(accepted_iter))
             payload = {"FailedRecordCount": len(failed), "Records": results}
@@ -333,9 +393,10 @@ class Gateway:
         with self.lock:
             moto_adapter.require_bucket(self.region, bucket)  # raises before journaling
             entry.extra["t"] = time.time()
-            self.journal.append(entry)
+            self._journal(entry)
             self._store_object(entry)
             self._notify(entry)
+            self.faults.object_delivered()
 
     def _store_object(self, entry: Entry) -> None:
         """Apply a journaled `put_object` entry to moto's S3 backend, live and on replay alike.
@@ -385,13 +446,13 @@ class Gateway:
         request = Request(environ)
         path = environ["PATH_INFO"]
         if path == "/_lake/health":
-            return _json_response(200, {**self.identity, "ready": self.ready}, "application/json")
+            health = {**self.identity, "ready": self.ready, "journal_error": self.journal_error}
+            return _json_response(200, health, "application/json")
         if path == "/_lake/delivery":
             return _json_response(200, self.status_provider(), "application/json")
         if path == "/_lake/faults" and request.method == "POST":
-            settings = json.loads(request.get_data() or b"{}")
+            faults = Faults(**json.loads(request.get_data() or b"{}"))
             with self.lock:
-                self.faults = Faults(**settings)
-                self._rng = random.Random(self.faults.seed)
-            return _json_response(200, vars(self.faults), "application/json")
+                self.faults.set(faults)
+            return _json_response(200, self.faults.describe(), "application/json")
         return _json_response(404, {"error": f"unknown control path {path}"}, "application/json")

@@ -10,11 +10,20 @@ import os
 from typing import Any, ClassVar
 
 import boto3
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_aws.s3 import S3Resource
-from dagster_aws.utils import ResourceWithBoto3Configuration, construct_boto_client_retry_config
+from dagster_aws.utils import ResourceWithBoto3Configuration
 
 from deathmetal_lake.local_aws import ensure_running
+from deathmetal_lake.local_aws.control import LOG_FILE
+from deathmetal_lake.retries import (
+    AWS_MAX_ATTEMPTS,
+    POLARS_CLOUD_ENV,
+    POLARS_STORAGE_RETRIES,
+    botocore_config,
+    s3fs_options,
+)
 from deathmetal_lake.settings import AwsMode, LakeSettings
 
 # Polars' streaming join buffers up to this many rows of each side to choose its build side, and
@@ -27,43 +36,87 @@ class LakeResource(ConfigurableResource):
     """Where the lake lives and how it talks to AWS; starts the embedded AWS when it is used.
 
     Set up in every process that runs the lake's steps, before any of them runs: it caps Polars'
-    join sample there (a user's own `POLARS_JOIN_SAMPLE_LIMIT` wins).
+    join sample and sets Polars' S3 retries there (a user's own `POLARS_*` variables win).
     """
 
     settings: LakeSettings
 
-    def polars_storage_options(self) -> dict[str, str]:
+    def polars_storage_options(self) -> dict[str, Any]:
         """Options for Polars' own S3 reads and writes (object_store keys, not fsspec's)."""
         settings = self.settings
-        options = {"aws_region": settings.region}
+        options: dict[str, Any] = {"aws_region": settings.region}
         if endpoint := settings.aws_endpoint:
             options["aws_endpoint_url"] = endpoint
             options["aws_allow_http"] = str(endpoint.startswith("http://")).lower()
         options.update(settings.aws_credentials)
+        options.update(POLARS_STORAGE_RETRIES)
         return options
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         os.environ.setdefault(*JOIN_SAMPLE_LIMIT)
+        for name, value in POLARS_CLOUD_ENV.items():
+            os.environ.setdefault(name, value)
         if self.settings.aws_mode is AwsMode.EMBEDDED:
             ensure_running(self.settings)
 
 
+def unreachable_hint(settings: LakeSettings) -> str:
+    """What to do when the back end does not answer, for the mode the settings choose."""
+    endpoint = settings.aws_endpoint
+    if settings.aws_mode is AwsMode.EMBEDDED and not settings.endpoint_url:
+        return (
+            f"the embedded AWS (LAKE_AWS_MODE=embedded) does not answer on {endpoint}: start it "
+            "with `make aws-up` (python -m deathmetal_lake.local_aws up) and see `make aws-status` "
+            f"and its log {settings.state_path / LOG_FILE}; LAKE_EMBEDDED_PORT sets "
+            "its port"
+        )
+    if settings.aws_mode is AwsMode.LOCALSTACK and not settings.endpoint_url:
+        return (
+            f"LocalStack (LAKE_AWS_MODE=localstack) does not answer on {endpoint}: start it with "
+            "`docker compose up -d`, or choose another back end with LAKE_AWS_MODE"
+        )
+    where = endpoint or f"AWS in {settings.region}"
+    return (
+        f"the lake's AWS back end ({where}, LAKE_AWS_MODE={settings.aws_mode.value}) does not "
+        "answer: check AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network, or set "
+        "LAKE_AWS_MODE=embedded for a local lake"
+    )
+
+
+def _name_the_back_end(hint: str) -> Any:
+    """A botocore handler that adds `hint` to a call that could not reach the back end."""
+
+    def add_note(exception: BaseException | None = None, **_: Any) -> None:
+        if isinstance(exception, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
+            exception.add_note(hint)
+
+    return add_note
+
+
 @functools.cache
-def _client(service: str, profile_name: str | None, max_attempts: int, **kwargs: Any) -> Any:
+def _client(
+    service: str, profile_name: str | None, max_attempts: int, hint: str, **kwargs: Any
+) -> Any:
     """One boto3 client per service and configuration for the whole process.
 
     A new session reloads botocore's service models (0.1-0.3 s each time), and Dagster makes new
-    resource objects for every run; boto3 clients are thread-safe, so they can be shared.
+    resource objects for every run; boto3 clients are thread-safe, so they can be shared. A call
+    that cannot reach the back end fails in seconds (`retries.py`) and says what to do.
     """
-    config = construct_boto_client_retry_config(max_attempts)
-    return boto3.session.Session(profile_name=profile_name).client(service, config=config, **kwargs)
+    session = boto3.session.Session(profile_name=profile_name)
+    client = session.client(service, config=botocore_config(max_attempts), **kwargs)
+    client.meta.events.register("after-call-error", _name_the_back_end(hint))
+    return client
 
 
-def _shared_client(resource: ResourceWithBoto3Configuration, service: str) -> Any:
+def _shared_client(
+    resource: ResourceWithBoto3Configuration, settings: LakeSettings, service: str
+) -> Any:
     return _client(
         service,
         resource.profile_name,
         resource.max_attempts,
+        unreachable_hint(settings),
         region_name=resource.region_name,
         use_ssl=resource.use_ssl,
         verify=resource.verify,
@@ -75,13 +128,13 @@ def _shared_client(resource: ResourceWithBoto3Configuration, service: str) -> An
 
 
 class _Boto3ClientResource(ResourceWithBoto3Configuration):
-    """A boto3 client of one service, with boto3's standard retries for whole-call errors."""
+    """A boto3 client of one service, with botocore's standard retries for whole-call errors."""
 
     lake: ResourceDependency[LakeResource]
     service: ClassVar[str]
 
     def get_client(self) -> Any:
-        return _shared_client(self, self.service)
+        return _shared_client(self, self.lake.settings, self.service)
 
 
 class KinesisResource(_Boto3ClientResource):
@@ -111,14 +164,14 @@ class LakeS3Resource(S3Resource):
 
     def get_client(self) -> Any:
         """A shared client: dagster-aws builds a new session and client on every call."""
-        return _shared_client(self, "s3")
+        return _shared_client(self, self.lake.settings, "s3")
 
 
 def boto3_fields(settings: LakeSettings) -> dict[str, Any]:
     return {
         "region_name": settings.region,
         "endpoint_url": settings.aws_endpoint,
-        "max_attempts": 8,
+        "max_attempts": AWS_MAX_ATTEMPTS,
         **settings.aws_credentials,
     }
 
@@ -126,7 +179,7 @@ def boto3_fields(settings: LakeSettings) -> dict[str, Any]:
 def fsspec_storage_options(settings: LakeSettings) -> dict[str, Any]:
     """fsspec-style options; dagster-polars maps them onto Polars' object_store keys too."""
     client_kwargs: dict[str, Any] = {"region_name": settings.region}
-    options: dict[str, Any] = {"client_kwargs": client_kwargs}
+    options: dict[str, Any] = {"client_kwargs": client_kwargs, **s3fs_options()}
     if settings.aws_endpoint:
         client_kwargs["endpoint_url"] = settings.aws_endpoint
     if settings.aws_credentials:
