@@ -34,6 +34,7 @@ from deathmetal_lake.producer import (
     check_source,
     ingest,
 )
+from deathmetal_lake.progress import LandingProgress
 from deathmetal_lake.resources import (
     FirehoseResource,
     KinesisResource,
@@ -138,8 +139,9 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
             ingest_id=ingest_id,
             since=started,
         )
+        progress = LandingProgress(context.log, ingest_id, lambda: watcher.arrival.lines)
         # Delivered objects are read while the producer sends, not all after it.
-        with watcher:
+        with progress, watcher:
             try:
                 report = ingest(
                     Shipment(source.open, source.name, ingest_id, dataset),
@@ -149,17 +151,19 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                         # Two PutRecords calls in flight send faster; the embedded AWS applies
                         # writes under one lock, AWS per shard.
                         max_in_flight=2,
+                        progress=progress.sent,
                     ),
                     checked=checked,
                 )
             except (SourceFileError, DeliveryError) as error:
                 raise Failure(str(error)) from error
-        try:
-            arrival = watcher.wait(
-                report.rows_sent, timeout_seconds=settings.landing_timeout_seconds
-            )
-        except DeliveryTimeoutError as error:
-            raise Failure(str(error)) from error
+        with progress:
+            try:
+                arrival = watcher.wait(
+                    report.rows_sent, timeout_seconds=settings.landing_timeout_seconds
+                )
+            except DeliveryTimeoutError as error:
+                raise Failure(str(error)) from error
         total_seconds = (datetime.now(UTC) - started).total_seconds()
         return Output(
             LandingManifest(
