@@ -21,11 +21,11 @@ from typing import TextIO
 import polars as pl
 from dagster import AssetKey
 
+from deathmetal_lake.catalog import LAYERS, lake_catalog
 from deathmetal_lake.local_aws import ensure_running
 from deathmetal_lake.resources import LakeResource, LakeTables
 from deathmetal_lake.settings import AwsMode, LakeSettings, load_settings
 
-LAYERS = ("silver", "quarantine", "gold")
 FORMATS = ("table", "csv", "json")
 # A string literal, a quoted identifier (both left as they are), or a `layer.table` reference.
 _TOKENS = re.compile(
@@ -40,12 +40,8 @@ class QueryError(Exception):
 
 
 def lake_tables() -> list[str]:
-    """Every table users can query, `layer.name`, from the lake's asset definitions."""
-    from deathmetal_lake.assets.gold import gold_assets
-    from deathmetal_lake.assets.silver import silver_assets
-
-    keys = (key for assets in [*silver_assets, *gold_assets] for key in assets.keys)
-    return sorted(".".join(k.path) for k in keys if len(k.path) == 2 and k.path[0] in LAYERS)
+    """Every table users can query, `layer.name`."""
+    return [table.name for table in lake_catalog()]
 
 
 def qualify(sql: str) -> tuple[str, list[str]]:

@@ -123,3 +123,14 @@ variable "tags" {
     ManagedBy = "terraform"
   }
 }
+
+variable "glue_database_name" {
+  description = "Glue database of the lake's Athena tables (silver_reviews, gold_top10_by_country, ...). Not created with use_localstack."
+  type        = string
+  default     = "deathmetal_lake"
+
+  validation {
+    condition     = can(regex("^[a-z0-9_]{1,255}$", var.glue_database_name))
+    error_message = "glue_database_name must be lowercase letters, digits and underscores (Athena's rule for database names)."
+  }
+}
