@@ -7,7 +7,8 @@
 # symlink table: its LOCATION is `athena/{table}/` holding one manifest that names the file, so
 # the lake keeps the contract's paths and Athena reads exactly that object.
 #
-# LocalStack's community edition has no Glue or Athena, so the catalog exists only on AWS.
+# LocalStack's community edition has no Glue or Athena, so the catalog exists only on AWS: it is
+# left out with use_localstack, or athena_catalog = false (tflocal, which sets no variable).
 
 locals {
   # Mirrors lake_catalog() in deathmetal_lake/catalog.py: the Glue name, the path in the bucket
@@ -210,12 +211,13 @@ locals {
     }
   }
 
-  catalog_tables = var.use_localstack ? {} : local.lake_tables
+  with_catalog   = var.athena_catalog && !var.use_localstack
+  catalog_tables = local.with_catalog ? local.lake_tables : {}
   file_tables    = { for name, table in local.catalog_tables : name => table if !endswith(table.path, "/") }
 }
 
 resource "aws_glue_catalog_database" "lake" {
-  count = var.use_localstack ? 0 : 1
+  count = local.with_catalog ? 1 : 0
 
   name        = var.glue_database_name
   description = "The deathmetal-lake tables (silver, quarantine, gold) in s3://${var.bucket_name}/, for Athena."

@@ -34,6 +34,6 @@ output "firehose_role_arn" {
 }
 
 output "glue_database_name" {
-  description = "Glue database of the lake's Athena tables (null with use_localstack)."
+  description = "Glue database of the lake's Athena tables (null without the catalog)."
   value       = one(aws_glue_catalog_database.lake[*].name)
 }

@@ -124,8 +124,14 @@ variable "tags" {
   }
 }
 
+variable "athena_catalog" {
+  description = "Declare the Glue database and tables Athena queries the lake through (AWS only: never with use_localstack)."
+  type        = bool
+  default     = true
+}
+
 variable "glue_database_name" {
-  description = "Glue database of the lake's Athena tables (silver_reviews, gold_top10_by_country, ...). Not created with use_localstack."
+  description = "Glue database of the lake's Athena tables (silver_reviews, gold_top10_by_country, ...)."
   type        = string
   default     = "deathmetal_lake"
 
