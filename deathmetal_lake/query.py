@@ -63,6 +63,11 @@ def _tables_hint(tables: Sequence[str]) -> str:
     return "tables: " + ", ".join(tables)
 
 
+def _first_line(error: Exception) -> str:
+    """Polars' message without the query plan it appends."""
+    return str(error).strip().splitlines()[0]
+
+
 def run_query(sql: str, tables: LakeTables, known: Sequence[str]) -> pl.DataFrame:
     """Answer `sql` over the lake; `QueryError` names what is wrong and lists the tables."""
     qualified, named = qualify(sql)
@@ -78,11 +83,12 @@ def run_query(sql: str, tables: LakeTables, known: Sequence[str]) -> pl.DataFram
     try:
         return context.execute(qualified).collect(engine="streaming")
     except pl.exceptions.SQLInterfaceError as error:
-        if "relation" in str(error) and "not found" in str(error):
-            raise QueryError(f"unknown table: {error}; {_tables_hint(known)}") from error
-        raise QueryError(f"bad SQL: {error}; {_tables_hint(known)}") from error
+        message = _first_line(error)
+        if "relation" in message and "not found" in message:
+            raise QueryError(f"unknown table: {message}; {_tables_hint(known)}") from error
+        raise QueryError(f"bad SQL: {message}; {_tables_hint(known)}") from error
     except (pl.exceptions.SQLSyntaxError, pl.exceptions.ColumnNotFoundError) as error:
-        raise QueryError(f"bad SQL: {error}; {_tables_hint(known)}") from error
+        raise QueryError(f"bad SQL: {_first_line(error)}; {_tables_hint(known)}") from error
     except pl.exceptions.PolarsError as error:
         raise QueryError(f"the query failed: {error}") from error
 
