@@ -66,8 +66,8 @@ def glue_type(dtype: pl.DataType) -> str:
         return f"array<{glue_type(dtype.inner)}>"
     if isinstance(dtype, pl.Struct):
         return "struct<" + ",".join(f"{f.name}:{glue_type(f.dtype)}" for f in dtype.fields) + ">"
-    try:
-        return _GLUE_TYPES[type(dtype)]
+    try:  # `pl.List(pl.String).inner` is the class itself, a schema holds instances
+        return _GLUE_TYPES[dtype if isinstance(dtype, type) else type(dtype)]
     except KeyError:
         raise TypeError(f"no Glue type for the Polars type {dtype}") from None
 
