@@ -20,9 +20,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import hcl2
+import polars as pl
 import pytest
 import yaml
 
+from deathmetal_lake.catalog import CatalogTable, lake_catalog
 from deathmetal_lake.datasets import DATASETS, BufferingHints, Dataset
 from deathmetal_lake.local_aws import provision
 from deathmetal_lake.local_aws.provision import delivery_stream_request, kinesis_stream_request
@@ -830,3 +832,139 @@ def test_localstack_has_healthcheck_and_named_volume(compose: dict[str, Any]) ->
         source in (compose.get("volumes") or {}) and target == "/var/lib/localstack"
         for source, target, *_ in volumes
     )
+
+
+# --- Athena catalog ------------------------------------------------------------------------------
+
+FOLDER_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+_FOLDER_OR_FILE = re.compile(r'\$\{\(endswith\(each\.value\.path, "/"\) \? "(.*)" : "(.*)"\)\}')
+
+
+def lake_tables_view(catalog: Sequence[CatalogTable]) -> dict[str, dict[str, Any]]:
+    """Per Glue table, what the lake writes: its path and its columns as Hive types, in order."""
+    return {
+        table.glue_name: {"path": table.path, "columns": [list(c) for c in table.glue_columns()]}
+        for table in catalog
+    }
+
+
+def catalog_mismatches(tf: Terraform, catalog: Sequence[CatalogTable] | None = None) -> list[str]:
+    """How `local.lake_tables` in infra/ differs from the lake's catalog, column by column."""
+    declared = local_value(tf, "lake_tables") or {}
+    expected = lake_tables_view(lake_catalog() if catalog is None else catalog)
+    problems = [f"{name}: in the lake but not in infra/" for name in expected.keys() - declared]
+    problems += [f"{name}: in infra/ but not in the lake" for name in declared.keys() - expected]
+    for name in sorted(expected.keys() & declared.keys()):
+        lake, infra = expected[name], declared[name]
+        if infra.get("path") != lake["path"]:
+            problems.append(f"{name}: path: infra/ {infra.get('path')!r}, lake {lake['path']!r}")
+        lake_columns, infra_columns = dict(lake["columns"]), dict(infra.get("columns", []))
+        for column in lake_columns.keys() | infra_columns.keys():
+            if lake_columns.get(column) != infra_columns.get(column):
+                problems.append(
+                    f"{name}: column {column}: infra/ {infra_columns.get(column)}, "
+                    f"lake {lake_columns.get(column)}"
+                )
+        if [c for c, _ in lake["columns"]] != [c for c, *_ in infra.get("columns", [])]:
+            problems.append(f"{name}: column order differs from the lake's")
+    return problems
+
+
+def _folder_or_file(tf: Terraform, expression: str, name: str, path: str) -> Any:
+    """`endswith(each.value.path, "/") ? a : b` for one table, as Terraform evaluates it."""
+    match = _FOLDER_OR_FILE.fullmatch(expression)
+    assert match, f"not a folder-or-file expression: {expression}"
+    branch = match.group(1) if path.endswith("/") else match.group(2)
+    return evaluate(tf, branch, name, {"path": path})
+
+
+def test_glue_tables_match_the_lake(tf: Terraform) -> None:
+    assert local_value(tf, "lake_tables"), "infra/ declares no lake_tables"
+    assert catalog_mismatches(tf) == []
+
+
+INFRA_CATALOG_CHANGES = {
+    "type changed": (("silver_reviews", "score", "float"), "silver_reviews: column score"),
+    "column dropped": (
+        ("gold_top10_by_country", "rank", None),
+        "gold_top10_by_country: column rank",
+    ),
+}
+
+
+@pytest.mark.parametrize("change", INFRA_CATALOG_CHANGES, ids=list(INFRA_CATALOG_CHANGES))
+def test_infra_side_column_change_is_reported(tf: Terraform, change: str) -> None:
+    (table, column, new_type), expected = INFRA_CATALOG_CHANGES[change]
+    changed = copy.deepcopy(tf)
+    columns = local_value(changed, "lake_tables")[table]["columns"]
+    index = next(i for i, (name, _) in enumerate(columns) if name == column)
+    if new_type is None:
+        del columns[index]
+    else:
+        columns[index][1] = new_type
+    assert any(m.startswith(expected) for m in catalog_mismatches(changed))
+    assert catalog_mismatches(tf) == []  # the fixture itself was not touched
+
+
+def _with_schema(table: str, schema: pl.Schema) -> list[CatalogTable]:
+    return [
+        dataclasses.replace(t, schema=schema) if t.glue_name == table else t for t in lake_catalog()
+    ]
+
+
+def test_lake_side_column_change_is_reported(tf: Terraform) -> None:
+    reviews = next(t for t in lake_catalog() if t.glue_name == "silver_reviews")
+    retyped = pl.Schema({**reviews.schema, "score": pl.Float32})
+    assert catalog_mismatches(tf, _with_schema("silver_reviews", retyped)) == [
+        "silver_reviews: column score: infra/ double, lake float"
+    ]
+    added = pl.Schema({**reviews.schema, "language": pl.String})
+    assert "silver_reviews: column language: infra/ None, lake string" in catalog_mismatches(
+        tf, _with_schema("silver_reviews", added)
+    )
+    dropped = [t for t in lake_catalog() if t.glue_name != "gold_genre_by_decade"]
+    expected = ["gold_genre_by_decade: in infra/ but not in the lake"]
+    assert catalog_mismatches(tf, dropped) == expected
+
+
+def test_glue_tables_read_each_table_where_the_contract_puts_it(tf: Terraform) -> None:
+    glue = blocks_of(tf, "resource", "aws_glue_catalog_table")
+    assert list(glue) == ["this"], "expected one aws_glue_catalog_table declaration"
+    body = glue["this"]
+    assert body["for_each"] == "${local.catalog_tables}"
+    assert local_value(tf, "catalog_tables") == "${local.with_catalog ? local.lake_tables : {}}"
+    assert body["table_type"] == "EXTERNAL_TABLE"
+    assert body["database_name"] == "${aws_glue_catalog_database.lake[0].name}"
+    (descriptor,) = body["storage_descriptor"]
+    assert descriptor["ser_de_info"] == [{"serialization_library": PARQUET_SERDE}]
+    columns = descriptor["dynamic"][0]["columns"]
+    assert columns["for_each"] == "${each.value.columns}"
+    assert columns["content"] == [{"name": "${columns.value[0]}", "type": "${columns.value[1]}"}]
+    manifest = blocks_of(tf, "resource", "aws_s3_object")["athena_manifest"]
+    assert manifest["for_each"] == "${local.file_tables}"
+    for table in lake_catalog():
+        name, path = table.glue_name, table.path
+        location = _folder_or_file(tf, descriptor["location"], name, path)
+        input_format = _folder_or_file(tf, descriptor["input_format"], name, path)
+        if table.folder:
+            assert (location, input_format) == (f"s3://{CONTRACT_BUCKET}/{path}", FOLDER_INPUT)
+        else:
+            # A symlink table: its folder holds one manifest naming the table's file.
+            assert input_format == SYMLINK_INPUT
+            key = evaluate(tf, manifest["key"], name)
+            assert f"s3://{CONTRACT_BUCKET}/{key}".startswith(location), (location, key)
+            content = evaluate(tf, manifest["content"], name, {"path": path})
+            assert content == f"s3://{CONTRACT_BUCKET}/{path}\n"
+    # A file table is exactly a path that does not end in "/", on both sides.
+    assert "!endswith(table.path" in local_value(tf, "file_tables")
+    assert all(t.path.endswith("/") == t.folder for t in lake_catalog())
+
+
+def test_glue_database_only_on_aws(tf: Terraform) -> None:
+    # LocalStack Community has no Glue: the catalog is left out there.
+    assert local_value(tf, "with_catalog") == "${var.athena_catalog && !var.use_localstack}"
+    database = blocks_of(tf, "resource", "aws_glue_catalog_database")["lake"]
+    assert database["count"] == "${local.with_catalog ? 1 : 0}"
+    assert re.fullmatch(r"[a-z0-9_]+", variable_default(tf, "glue_database_name"))

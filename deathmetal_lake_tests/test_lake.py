@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.dataset
 import pyarrow.parquet as pq
 import pytest
 from dagster import (
@@ -661,6 +664,325 @@ def test_pyarrow_reads_every_table_at_the_contract_path(lake: Lake) -> None:
             for c in range(metadata.num_columns)
         }
         assert codecs == {"SNAPPY"}, f"{path}: {codecs}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Using the lake: the query command, what each table shows in the UI, the catalog's schemas
+
+GOLD_PREVIEW_QUERY = """
+query GoldAsset($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    __typename
+    ... on Asset {
+      definition { groupName }
+      assetMaterializations(limit: 1) {
+        metadataEntries {
+          __typename
+          label
+          ... on IntMetadataEntry { intValue }
+          ... on PathMetadataEntry { path }
+          ... on TableMetadataEntry { table { records schema { columns { name } } } }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def pyarrow_fs(lake: Lake) -> S3FileSystem:
+    return S3FileSystem(
+        endpoint_override=lake.settings.aws_endpoint.removeprefix("http://"),
+        scheme="http",
+        access_key="test",
+        secret_key="test",
+        region="us-east-1",
+    )
+
+
+def pyarrow_rows(lake: Lake, table: str) -> list[dict[str, Any]]:
+    """A table's rows read by pyarrow at its contract path, as Python dicts (no Polars)."""
+    return pq.read_table(
+        f"{lake.bucket}/{table_path(table)}", filesystem=pyarrow_fs(lake)
+    ).to_pylist()
+
+
+def query_env(lake: Lake, env: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment a user of this lake sets, so the command's `load_settings()` finds it."""
+    values = {
+        "LAKE_AWS_MODE": "embedded",
+        "LAKE_EMBEDDED_PORT": str(lake.settings.embedded_port),
+        "LAKE_STATE_DIR": lake.settings.state_dir,
+        "LAKE_BUCKET": lake.bucket,
+    }
+    for name, value in values.items():
+        env.setenv(name, value)
+    return values
+
+
+def run_query_command(
+    lake: Lake, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """`python -m deathmetal_lake.query ARGS` in this process: exit code, stdout, stderr."""
+    from deathmetal_lake.query import main
+
+    query_env(lake, env)
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def query_json(lake: Lake, env: pytest.MonkeyPatch, capsys: Any, sql: str) -> list[dict]:
+    code, out, err = run_query_command(lake, env, capsys, sql, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_query_answers_match_an_independent_reader(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bands, albums = pyarrow_rows(lake, "silver/bands"), pyarrow_rows(lake, "silver/albums")
+    reviews = pyarrow_rows(lake, "silver/reviews")
+    # Counts, of a folder table, a quarantine and a file table.
+    for table, rows in (
+        ("silver.reviews", reviews),
+        ("quarantine.albums", pyarrow_rows(lake, "quarantine/albums")),
+        ("gold.top10_by_country", pyarrow_rows(lake, "gold/top10_by_country")),
+    ):
+        assert query_json(lake, monkeypatch, capsys, f"SELECT count(*) AS n FROM {table}") == [
+            {"n": len(rows)}
+        ], table
+    # An aggregate.
+    per_country: dict[str, list[int]] = {}
+    for band in bands:
+        per_country.setdefault(band["country"], []).append(band["formed_in"])
+    answer = query_json(
+        lake,
+        monkeypatch,
+        capsys,
+        "SELECT country, count(*) AS bands, max(formed_in) AS latest FROM silver.bands "
+        "GROUP BY country",
+    )
+    assert {row["country"]: (row["bands"], row["latest"]) for row in answer} == {
+        country: (len(years), max((y for y in years if y is not None), default=None))
+        for country, years in per_country.items()
+    }
+    assert len(answer) == len(per_country)
+    # A join across two folder tables, with a filter.
+    album_ids = {album["id"] for album in albums}
+    expected = Counter(r["album"] for r in reviews if r["album"] in album_ids and r["score"] >= 90)
+    answer = query_json(
+        lake,
+        monkeypatch,
+        capsys,
+        "SELECT r.album, count(*) AS reviews FROM silver.reviews r "
+        "JOIN silver.albums a ON r.album = a.id WHERE r.score >= 90 GROUP BY r.album",
+    )
+    assert {row["album"]: row["reviews"] for row in answer} == dict(expected)
+    assert expected, "the sample has albums with a review of 90 or more"
+    # The other formats: CSV has a header and every row.
+    code, out, _ = run_query_command(
+        lake, monkeypatch, capsys, "SELECT * FROM gold.top10_by_country", "--format", "csv"
+    )
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == len(pyarrow_rows(lake, "gold/top10_by_country")) + 1
+    assert lines[0].split(",") == list(gold(lake, "top10_by_country").columns)
+    code, out, _ = run_query_command(
+        lake, monkeypatch, capsys, "SELECT 1 AS one FROM gold.brazilian_bands LIMIT 1"
+    )
+    assert code == 0 and "one" in out
+
+
+def test_query_errors_name_the_problem_and_list_the_tables(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = ", ".join(
+        sorted(
+            [f"silver.{t}" for t in SILVER_TABLES]
+            + [f"quarantine.{d}" for d in DATASETS]
+            + [f"gold.{t}" for t in GOLD_TABLES]
+        )
+    )
+    for sql, problem in (
+        ("SELECT * FROM gold.top_bands", "unknown table gold.top_bands"),
+        ("SELECT * FROM reviews", "unknown table"),
+        ("SELEC * FROM silver.reviews", "bad SQL"),
+        ("SELECT no_such_column FROM silver.reviews", "bad SQL"),
+    ):
+        code, out, err = run_query_command(lake, monkeypatch, capsys, sql)
+        assert (code, out) == (1, ""), sql
+        assert problem in err and err.rstrip().endswith(f"tables: {listing}"), (sql, err)
+    with pytest.raises(SystemExit) as exit_:
+        run_query_command(lake, monkeypatch, capsys, "--help")
+    assert exit_.value.code == 0 and "silver.reviews" in capsys.readouterr().out
+
+
+def test_query_command_runs_as_a_module(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process with only the user's environment (one: Dagster's import is 2-3 s)."""
+    env = {**os.environ, **query_env(lake, monkeypatch)}
+    command = [sys.executable, "-m", "deathmetal_lake.query"]
+    done = subprocess.run(
+        [*command, "SELECT count(*) AS n FROM gold.band_avg_scores", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"n": gold(lake, "band_avg_scores").height}]
+
+
+def latest_metadata(lake: Lake, key: AssetKey) -> dict[str, Any]:
+    event = lake.instance.get_latest_materialization_event(key)
+    assert event is not None and event.asset_materialization is not None, key
+    return dict(event.asset_materialization.metadata)
+
+
+def test_readme_readers_see_the_same_tables(lake: Lake) -> None:
+    """The README's Polars and pyarrow snippets: a folder table is every `*.parquet` in it."""
+    storage = {
+        "aws_endpoint_url": lake.settings.aws_endpoint,
+        "aws_allow_http": "true",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "aws_region": "us-east-1",
+    }
+    reviews = pl.scan_parquet(
+        f"s3://{lake.bucket}/silver/reviews/*.parquet", storage_options=storage
+    )
+    albums = pl.scan_parquet(f"s3://{lake.bucket}/silver/albums/*.parquet", storage_options=storage)
+    joined = reviews.join(albums, left_on="album", right_on="id").select(pl.len()).collect().item()
+    album_ids = {album["id"] for album in pyarrow_rows(lake, "silver/albums")}
+    assert joined == sum(r["album"] in album_ids for r in pyarrow_rows(lake, "silver/reviews"))
+    top10 = pyarrow.dataset.dataset(
+        f"{lake.bucket}/gold/top10_by_country.parquet", filesystem=pyarrow_fs(lake)
+    ).to_table()
+    assert top10.num_rows == gold(lake, "top10_by_country").height
+
+
+def test_every_table_reports_row_count_uri_and_preview(lake: Lake) -> None:
+    tables = [f"silver/{t}" for t in SILVER_TABLES] + [f"quarantine/{d}" for d in DATASETS]
+    tables += [f"gold/{t}" for t in GOLD_TABLES]
+    for table in tables:
+        metadata = latest_metadata(lake, AssetKey(table.split("/")))
+        rows = pyarrow_rows(lake, table)
+        assert metadata["dagster/row_count"].value == len(rows), table
+        assert metadata["dagster/uri"].value == f"s3://{lake.bucket}/{table_path(table)}", table
+        preview = metadata["preview"].value
+        assert [c.name for c in preview.schema.columns] == list(rows[0]), table
+        assert 1 <= len(preview.records) <= 5, table
+    for dataset in DATASETS:
+        ingest = lake.sample_ingests[f"{dataset}.csv"]
+        for layer in ("bronze", "staging"):
+            event = (
+                lake.instance.fetch_materializations(
+                    AssetRecordsFilter(
+                        asset_key=AssetKey([layer, dataset]), asset_partitions=[ingest]
+                    ),
+                    limit=1,
+                )
+                .records[0]
+                .event_log_entry.asset_materialization
+            )
+            path = f"s3://{lake.bucket}/{layer}/{dataset}/{ingest}.parquet"
+            assert event.metadata["dagster/uri"].value == path
+            rows = pq.read_metadata(
+                path.removeprefix("s3://"), filesystem=pyarrow_fs(lake)
+            ).num_rows
+            assert event.metadata["dagster/partition_row_count"].value == rows
+            assert "preview" in event.metadata
+
+
+def test_quarantine_reports_a_number_per_reason(lake: Lake) -> None:
+    from deathmetal_lake.rules import RejectReason
+
+    for dataset in DATASETS:
+        metadata = latest_metadata(lake, AssetKey(["quarantine", dataset]))
+        counted = Counter(
+            r["_reject_reason"].split(":")[0] for r in pyarrow_rows(lake, f"quarantine/{dataset}")
+        )
+        per_reason = {
+            reason.value: metadata[f"quarantine/{reason.value.replace(' ', '_')}"].value
+            for reason in RejectReason
+        }
+        assert all(isinstance(n, int) for n in per_reason.values())
+        assert {r: n for r, n in per_reason.items() if n} == dict(counted), dataset
+
+
+def test_gold_asset_shows_row_count_uri_and_preview_in_graphql(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's own query path: Dagster's GraphQL schema over the instance and the lake's code."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    query_env(lake, monkeypatch)
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="deathmetal_lake.definitions", attribute="defs"),
+        location_name="deathmetal_lake",
+    )
+    with WorkspaceProcessContext(lake.instance, InProcessWorkspaceLoadTarget(origin)) as process:
+        result = execute_dagster_graphql(
+            process.create_request_context(),
+            GOLD_PREVIEW_QUERY,
+            {"path": ["gold", "top10_by_country"]},
+        )
+    asset = result.data["assetOrError"]
+    assert asset["__typename"] == "Asset" and asset["definition"]["groupName"] == "gold"
+    entries = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
+    expected = gold(lake, "top10_by_country")
+    assert entries["dagster/row_count"]["intValue"] == expected.height
+    assert entries["dagster/uri"]["path"] == f"s3://{lake.bucket}/gold/top10_by_country.parquet"
+    table = entries["preview"]["table"]
+    assert [c["name"] for c in table["schema"]["columns"]] == expected.columns
+    records = [json.loads(record) for record in table["records"]]
+    assert 1 <= len(records) <= 5
+    assert all(set(r) == set(expected.columns) for r in records)
+    assert {(r["country"], r["rank"]) for r in records} <= set(
+        expected.select("country", "rank").iter_rows()
+    )
+
+
+def test_landing_logs_its_progress(lake: Lake) -> None:
+    for dataset in DATASETS:
+        ingest = lake.sample_ingests[f"{dataset}.csv"]
+        rows = len(csv_rows(lake.csv_dir / f"{dataset}.csv")[1])
+        lines = [
+            entry.user_message
+            for run in lake.instance.get_runs(RunsFilter(tags={"dagster/partition": ingest}))
+            for entry in lake.instance.all_logs(run.run_id)
+            if entry.user_message.startswith(f"{ingest}: ") and " rows sent (" in entry.user_message
+        ]
+        # After the send and after the wait, at least: the last one has every row delivered.
+        assert len(lines) >= 2, (dataset, lines)
+        assert lines[-1].startswith(f"{ingest}: {rows:,} rows sent (")
+        assert f" MB), {rows:,} rows delivered" in lines[-1], lines[-1]
+
+
+def test_catalog_schemas_are_what_the_lake_wrote(lake: Lake) -> None:
+    """`deathmetal_lake.catalog` (which infra/athena.tf is checked against) is the Parquet truth."""
+    from deathmetal_lake.catalog import lake_catalog
+
+    catalog = {table.name: table for table in lake_catalog()}
+    written = [f"silver.{t}" for t in SILVER_TABLES] + [f"quarantine.{d}" for d in DATASETS]
+    written += [f"gold.{t}" for t in GOLD_TABLES]
+    assert sorted(catalog) == sorted(written)
+    for name in written:
+        table = name.replace(".", "/")
+        assert catalog[name].path == table_path(table), name
+        assert (
+            pl.from_arrow(
+                pq.read_table(
+                    f"{lake.bucket}/{table_path(table)}", filesystem=pyarrow_fs(lake)
+                ).schema.empty_table()
+            ).schema
+            == catalog[name].schema
+        ), name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,3 +32,8 @@ output "firehose_role_arn" {
   description = "ARN of the role the delivery streams assume."
   value       = aws_iam_role.firehose.arn
 }
+
+output "glue_database_name" {
+  description = "Glue database of the lake's Athena tables (null without the catalog)."
+  value       = one(aws_glue_catalog_database.lake[*].name)
+}

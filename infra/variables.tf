@@ -123,3 +123,20 @@ variable "tags" {
     ManagedBy = "terraform"
   }
 }
+
+variable "athena_catalog" {
+  description = "Declare the Glue database and tables Athena queries the lake through (AWS only: never with use_localstack)."
+  type        = bool
+  default     = true
+}
+
+variable "glue_database_name" {
+  description = "Glue database of the lake's Athena tables (silver_reviews, gold_top10_by_country, ...)."
+  type        = string
+  default     = "deathmetal_lake"
+
+  validation {
+    condition     = can(regex("^[a-z0-9_]{1,255}$", var.glue_database_name))
+    error_message = "glue_database_name must be lowercase letters, digits and underscores (Athena's rule for database names)."
+  }
+}

@@ -39,6 +39,7 @@ from deathmetal_lake.producer import (
     check_source,
     ingest,
 )
+from deathmetal_lake.progress import LandingProgress
 from deathmetal_lake.resources import (
     FirehoseResource,
     KinesisResource,
@@ -160,8 +161,9 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
             ingest_id=ingest_id,
             since=started,
         )
+        progress = LandingProgress(context.log, ingest_id, lambda: watcher.arrival.lines)
         # Delivered objects are read while the producer sends, not all after it.
-        with watcher:
+        with progress, watcher:
             try:
                 report = ingest(
                     Shipment(source.open, source.name, ingest_id, dataset),
@@ -171,6 +173,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                         # Two PutRecords calls in flight send faster; the embedded AWS applies
                         # writes under one lock, AWS per shard.
                         max_in_flight=2,
+                        progress=progress.sent,
                     ),
                     checked=checked,
                 )
@@ -179,28 +182,29 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 # record with backoff; sending the whole ingest again would add load to a stream
                 # that throttles (LAKE_PUT_RECORDS_MAX_ATTEMPTS is the budget).
                 raise Failure(str(error), allow_retries=False) from error
-        try:
-            arrival = watcher.wait(
-                report.rows,
-                timeout_seconds=settings.landing_timeout_seconds,
-                not_sent=[row["source_row"] for row in report.oversize_rows],
-                silence_seconds=silence_seconds,
-            )
-        except NothingDeliveredError as error:
-            raise Failure(
-                f"{error}: delivery stream {dataset.firehose_name} is not delivering from "
-                f"{dataset.stream_name}. Run `make provision` (it waits until every delivery "
-                "stream delivers; a LocalStack one drops what is sent in its first ~30 s), "
-                "then re-run this partition: rows delivered twice are counted once."
-            ) from error
-        except DeliveryTimeoutError as error:
-            # Retrying at once would wait as long again; the rows are in Kinesis meanwhile.
-            raise Failure(
-                f"{error}. Firehose is slower than LAKE_LANDING_TIMEOUT_SECONDS "
-                f"({settings.landing_timeout_seconds:.0f}s): raise it, or re-execute this "
-                "partition later (it sends the rows again; bronze removes the copies)",
-                allow_retries=False,
-            ) from error
+        with progress:
+            try:
+                arrival = watcher.wait(
+                    report.rows,
+                    timeout_seconds=settings.landing_timeout_seconds,
+                    not_sent=[row["source_row"] for row in report.oversize_rows],
+                    silence_seconds=silence_seconds,
+                )
+            except NothingDeliveredError as error:
+                raise Failure(
+                    f"{error}: delivery stream {dataset.firehose_name} is not delivering from "
+                    f"{dataset.stream_name}. Run `make provision` (it waits until every delivery "
+                    "stream delivers; a LocalStack one drops what is sent in its first ~30 s), "
+                    "then re-run this partition: rows delivered twice are counted once."
+                ) from error
+            except DeliveryTimeoutError as error:
+                # Retrying at once would wait as long again; the rows are in Kinesis meanwhile.
+                raise Failure(
+                    f"{error}. Firehose is slower than LAKE_LANDING_TIMEOUT_SECONDS "
+                    f"({settings.landing_timeout_seconds:.0f}s): raise it, or re-execute this "
+                    "partition later (it sends the rows again; bronze removes the copies)",
+                    allow_retries=False,
+                ) from error
         total_seconds = (datetime.now(UTC) - started).total_seconds()
         return Output(
             LandingManifest(

@@ -30,6 +30,7 @@ from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.resources import LakeTables, TableUpdate
 from deathmetal_lake.resources.io_managers import FOLDER_TABLE, PART_VERSIONS
+from deathmetal_lake.resources.table_metadata import quarantine_reason_counts
 from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.rows import INGEST_ID, IngestKey
 from deathmetal_lake.transforms import joins, merge
@@ -119,7 +120,6 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
         own = {
             ingest: rejected.filter(pl.col(INGEST_ID) == ingest).lazy() for ingest in changes.write
         }
-        reasons = rejected.group_by(pl.col(REJECT_REASON_COLUMN).str.extract(r"^([^:]+)")).len()
         summary = {
             "current_ingests": len(order),
             "parts_rewritten": len(changes.write),
@@ -143,7 +143,7 @@ def build_silver_asset(dataset: Dataset) -> AssetsDefinition:
             output_name="quarantine",
             metadata={
                 "dagster/row_count": rejected.height,
-                **{f"reason: {row[0]}": row[1] for row in reasons.iter_rows()},
+                **quarantine_reason_counts(rejected),
             },
         )
 

@@ -68,6 +68,8 @@ class SendOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_in_flight: int = 1
     max_record_bytes: int = MAX_RECORD_BYTES
+    progress: Callable[[Sent], None] | None = None
+    """Called with the running totals after each PutRecords call, in the sending thread."""
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -210,6 +212,7 @@ class _Delivery:
         max_in_flight: int,
         ingest_id: str,
         max_record_bytes: int,
+        progress: Callable[[Sent], None] | None = None,
     ):
         self._sender = sender
         self._pool = pool
@@ -223,6 +226,7 @@ class _Delivery:
         self._batch_bytes = 0
         self._in_flight: set[Future[Sent]] = set()
         self.totals = Sent()
+        self._progress = progress
         self._next_key()
 
     @property
@@ -302,6 +306,8 @@ class _Delivery:
         for future in done:
             self._in_flight.discard(future)
             self.totals.add(future.result())
+            if self._progress is not None:
+                self._progress(self.totals)
 
 
 def send_lines(
@@ -317,7 +323,12 @@ def send_lines(
     sender = _Sender(kinesis_client, stream_name, options.retry)
     with ThreadPoolExecutor(options.max_in_flight) as pool:
         delivery = _Delivery(
-            sender, pool, options.max_in_flight, ingest_id, options.max_record_bytes
+            sender,
+            pool,
+            options.max_in_flight,
+            ingest_id,
+            options.max_record_bytes,
+            options.progress,
         )
         delivery.run(batches, to_errors)
     return delivery.totals

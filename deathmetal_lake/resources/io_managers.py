@@ -27,6 +27,7 @@ from upath import UPath
 
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.resources.aws import LakeResource, LakeS3Resource, fsspec_storage_options
+from deathmetal_lake.resources.table_metadata import written_table_metadata
 
 # Definition metadata of an asset whose table is a folder of Parquet parts.
 FOLDER_TABLE = {"lake/layout": "folder"}
@@ -132,7 +133,10 @@ class LakeTables(ConfigurableResource):
 
 
 class LakeParquetIOManager(PolarsParquetIOManager):
-    """Parquet in the lake's bucket: a file per asset (or partition), or a folder of parts."""
+    """Parquet in the lake's bucket: a file per asset (or partition), or a folder of parts.
+
+    Every table it writes reports its row count, URI and a preview (`table_metadata`).
+    """
 
     tables: ResourceDependency[LakeTables]
 
@@ -147,14 +151,26 @@ class LakeParquetIOManager(PolarsParquetIOManager):
         # New parts first: a reader between the two steps sees a row twice, never lose one.
         for name in obj.delete:
             (folder / f"{name}.parquet").unlink(missing_ok=True)
+        parts = [folder / f"{name}{PARQUET}" for name in self.tables.part_names(context.asset_key)]
         context.add_output_metadata(
             {
-                "dagster/uri": MetadataValue.path(str(folder)),
+                **written_table_metadata(parts, f"{folder}/"),
                 "parts_written": len(obj.write),
                 "parts_deleted": len(obj.delete),
                 PART_VERSIONS: MetadataValue.json(self.tables.part_versions(context.asset_key)),
             }
         )
+
+    def get_metadata(self, context: OutputContext, obj: Any) -> dict[str, MetadataValue]:
+        metadata = super().get_metadata(context, obj)
+        if obj is None:
+            return metadata
+        if context.has_asset_partitions:
+            (path,) = self._get_paths_for_partitions(context).values()
+        else:
+            path = self._get_path(context)
+        partitioned = context.has_asset_partitions
+        return {**metadata, **written_table_metadata([path], str(path), partitioned=partitioned)}
 
     def load_input(self, context: InputContext) -> Any:
         upstream = context.upstream_output
