@@ -19,8 +19,8 @@ import pytest
 from dagster import DagsterInstance
 from polars.testing import assert_frame_equal
 
+from deathmetal_lake.batch import run_lake
 from deathmetal_lake.provision import PROBE
-from deathmetal_lake.run import run_lake
 from deathmetal_lake.settings import AwsMode, LakeSettings
 from deathmetal_lake_tests.conftest import (
     SAMPLE_CSV_DIR,
