@@ -150,8 +150,13 @@ def read_parquet(lake: Lake, key: str) -> pl.DataFrame:
 
 # Silver rows carry no order (they stream in bronze order); tests compare them by key.
 SILVER_KEYS = {"music_catalog": "album_id", "album_reviews": "review_id"}
-# Base tables and quarantines are folders of Parquet parts, one per current ingest (contract).
-FOLDER_TABLES = {f"silver/{d}" for d in DATASETS} | {f"quarantine/{d}" for d in DATASETS}
+# Base tables and quarantines are folders of Parquet parts, one per current ingest (contract);
+# the joins are folders too, a part per part of their left-hand table.
+FOLDER_TABLES = (
+    {f"silver/{d}" for d in DATASETS}
+    | {f"quarantine/{d}" for d in DATASETS}
+    | {"silver/music_catalog", "silver/album_reviews"}
+)
 
 
 def table_path(table: str) -> str:
