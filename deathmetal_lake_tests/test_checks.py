@@ -684,6 +684,30 @@ def test_lake_tables_find_a_file_or_a_folder_of_parts(tmp_path: Path) -> None:
         tables.scan(albums)
 
 
+def test_a_join_built_as_a_folder_replaces_the_file_an_older_lake_holds(tmp_path: Path) -> None:
+    """Joins were single files before they became folders: the first partwise build removes
+    the file, which readers would otherwise find first and read stale."""
+    lake = tmp_path / "lake"
+    for table in ("albums", "bands"):
+        (lake / "silver" / table).mkdir(parents=True)
+        frame = pl.DataFrame(schema=silver_transforms.silver_schema(table))
+        frame.write_parquet(lake / "silver" / table / "ingest-a.parquet")
+    stale = lake / "silver" / "music_catalog.parquet"
+    pl.DataFrame({"album_id": [1, 2, 3]}).write_parquet(stale)
+    resources = _resources(tmp_path)
+    key = AssetKey(["silver", "music_catalog"])
+    result = materialize(
+        [*landing_assets, *bronze_assets, *staging_assets, *silver_assets],
+        selection=AssetSelection.assets(key),
+        instance=DagsterInstance.ephemeral(),
+        resources=resources,
+    )
+    assert result.success
+    assert not stale.exists()
+    assert resources["tables"].part_names(key) == {"ingest-a"}
+    assert resources["tables"].rows(key) == 0
+
+
 def test_lake_tables_on_s3_see_tables_written_since_a_listing(embedded_aws) -> None:
     """fsspec caches S3 listings per process: a table written after something in the process
     listed its layer is still found, as a file or as a folder of parts."""

@@ -151,6 +151,9 @@ class LakeParquetIOManager(PolarsParquetIOManager):
         # New parts first: a reader between the two steps sees a row twice, never lose one.
         for name in obj.delete:
             (folder / f"{name}.parquet").unlink(missing_ok=True)
+        # A lake built before this table became a folder has it as one file, which readers
+        # would find first: the folder replaces it.
+        folder.with_name(f"{folder.name}{PARQUET}").unlink(missing_ok=True)
         parts = [folder / f"{name}{PARQUET}" for name in self.tables.part_names(context.asset_key)]
         context.add_output_metadata(
             {
