@@ -125,6 +125,40 @@ def _landing_metadata(
     }
 
 
+def _wait_for_delivery(
+    watcher: DeliveryWatcher,
+    dataset: Dataset,
+    settings: LakeSettings,
+    report: IngestReport,
+    silence_seconds: float,
+) -> Arrival:
+    """Every row sent, delivered; a Failure that says what to do if not."""
+    try:
+        return watcher.wait(
+            report.rows,
+            timeout_seconds=settings.landing_timeout_seconds,
+            not_sent=[row["source_row"] for row in report.oversize_rows],
+            silence_seconds=silence_seconds,
+        )
+    except NothingDeliveredError as error:
+        raise Failure(
+            f"{error}: delivery stream {dataset.firehose_name} is not delivering from "
+            f"{dataset.stream_name}. Run `make provision` (it waits until every delivery "
+            "stream delivers; a LocalStack one drops what is sent in its first ~30 s), "
+            "then re-run this partition: rows delivered twice are counted once.",
+            # Not retried: a retry would wait as long again for a stream that does not deliver.
+            allow_retries=False,
+        ) from error
+    except DeliveryTimeoutError as error:
+        # Retrying at once would wait as long again; the rows are in Kinesis meanwhile.
+        raise Failure(
+            f"{error}. Firehose is slower than LAKE_LANDING_TIMEOUT_SECONDS "
+            f"({settings.landing_timeout_seconds:.0f}s): raise it, or re-execute this "
+            "partition later (it sends the rows again; bronze removes the copies)",
+            allow_retries=False,
+        ) from error
+
+
 def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
     @asset(
         key=landing_key(dataset),
@@ -183,28 +217,7 @@ def build_landing_asset(dataset: Dataset) -> AssetsDefinition:
                 # that throttles (LAKE_PUT_RECORDS_MAX_ATTEMPTS is the budget).
                 raise Failure(str(error), allow_retries=False) from error
         with progress:
-            try:
-                arrival = watcher.wait(
-                    report.rows,
-                    timeout_seconds=settings.landing_timeout_seconds,
-                    not_sent=[row["source_row"] for row in report.oversize_rows],
-                    silence_seconds=silence_seconds,
-                )
-            except NothingDeliveredError as error:
-                raise Failure(
-                    f"{error}: delivery stream {dataset.firehose_name} is not delivering from "
-                    f"{dataset.stream_name}. Run `make provision` (it waits until every delivery "
-                    "stream delivers; a LocalStack one drops what is sent in its first ~30 s), "
-                    "then re-run this partition: rows delivered twice are counted once."
-                ) from error
-            except DeliveryTimeoutError as error:
-                # Retrying at once would wait as long again; the rows are in Kinesis meanwhile.
-                raise Failure(
-                    f"{error}. Firehose is slower than LAKE_LANDING_TIMEOUT_SECONDS "
-                    f"({settings.landing_timeout_seconds:.0f}s): raise it, or re-execute this "
-                    "partition later (it sends the rows again; bronze removes the copies)",
-                    allow_retries=False,
-                ) from error
+            arrival = _wait_for_delivery(watcher, dataset, settings, report, silence_seconds)
         total_seconds = (datetime.now(UTC) - started).total_seconds()
         return Output(
             LandingManifest(

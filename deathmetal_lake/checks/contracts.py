@@ -6,12 +6,9 @@ values outside the known set (band status) — WARN; foreign-key orphans — WAR
 dataset's `orphan_error_rate`, ERROR (blocking) above; quarantine rate — WARN above
 `quarantine_warn_rate`. Adding a rule to `rules.py` adds it to the checks.
 
-A foreign-key check reads two tables, so it has its own automation condition
-(`after_both_tables`): it waits until the parent table exists instead of running without it, and
-runs again when either table changes. Every other contract rides along with its table's runs.
-
-Every evaluation streams: counts come from lazy aggregations, only the columns a check needs are
-read (never the reviews' `content`), and only a sorted sample of the failing rows is collected.
+A foreign-key check reads two tables, so it has its own automation condition (`after_both_tables`):
+it waits for the parent table, and runs again when either changes. The rest ride along. Every
+evaluation streams (lazy aggregations over only the columns it needs, a sorted sample).
 """
 
 from collections.abc import Callable, Mapping

@@ -6,11 +6,10 @@ numbers included, and moto's timestamps: each mutation is applied at a journaled
 Observers see each applied mutation, live and during replay alike; the Firehose delivery uses that
 to keep its read positions in the same journal as the objects it wrote.
 
-Kinesis PutRecord(s), the bulk of what the lake sends, skip moto's request handling: `kinesis.py`
-applies them to moto's backend and leaves their payloads in the journal instead of memory. So do
-the objects Firehose delivery writes (`put_object`): they go straight into moto's S3 backend with
-the ETag, checksum and metadata moto's PutObject would give them, and their bodies stay in the
-journal, the only copy, read back by offset (no spill file, no re-reading them on replay).
+Kinesis PutRecord(s), the bulk of what the lake sends, skip moto's request handling (`kinesis.py`
+applies them to moto's backend, payloads stay in the journal), and so do the objects Firehose
+delivery writes (`put_object`: moto's ETag, checksum and metadata; the body's only copy stays in
+the journal, read back by offset).
 """
 
 from __future__ import annotations
@@ -113,7 +112,9 @@ def _status_line(status: int) -> str:
     return f"{status} {_REASONS.get(status, 'Error')}"
 
 
-def _json_response(status: int, payload: dict[str, Any], content_type: str) -> Response:
+def _json_response(
+    status: int, payload: dict[str, Any], content_type: str = "application/json"
+) -> Response:
     return Response(
         _status_line(status), [("Content-Type", content_type)], json.dumps(payload).encode()
     )
@@ -443,16 +444,15 @@ class Gateway:
     # --- the emulator's own endpoints -------------------------------------------------------
 
     def _control(self, environ: dict[str, Any]) -> Response:
-        request = Request(environ)
-        path = environ["PATH_INFO"]
+        request, path = Request(environ), environ["PATH_INFO"]
         if path == "/_lake/health":
-            health = {**self.identity, "ready": self.ready, "journal_error": self.journal_error}
-            return _json_response(200, health, "application/json")
+            return _json_response(
+                200, {**self.identity, "ready": self.ready, "journal_error": self.journal_error}
+            )
         if path == "/_lake/delivery":
-            return _json_response(200, self.status_provider(), "application/json")
+            return _json_response(200, self.status_provider())
         if path == "/_lake/faults" and request.method == "POST":
-            faults = Faults(**json.loads(request.get_data() or b"{}"))
             with self.lock:
-                self.faults.set(faults)
-            return _json_response(200, self.faults.describe(), "application/json")
-        return _json_response(404, {"error": f"unknown control path {path}"}, "application/json")
+                self.faults.set(Faults(**json.loads(request.get_data() or b"{}")))
+            return _json_response(200, self.faults.describe())
+        return _json_response(404, {"error": f"unknown control path {path}"})

@@ -39,6 +39,30 @@ SPILL_DIR = "spill"
 """moto's temporary files of S3 bodies: unlinked at once, emptied at start in case of leftovers."""
 
 
+def _restore(
+    state_dir: Path, endpoint: str, region: str, authority: str
+) -> tuple[Gateway, FirehoseDelivery, Journal]:
+    """The gateway, delivery and journal rebuilt from the journal, compacted first if due."""
+    from deathmetal_lake.local_aws import moto_adapter
+    from deathmetal_lake.local_aws.compaction import Compactor
+
+    gateway, delivery, journal = _assemble(state_dir, endpoint, region, authority)
+    compactor = Compactor(region)
+    replayed = gateway.replay(compactor)
+    log.info("replayed %d journal entries from %s", replayed, journal.path)
+    plan = compactor.plan(
+        now=time.time(),
+        retention_hours=moto_adapter.retention_hours(region),
+        delivered=delivery.delivered(),
+    )
+    if compact(journal, plan):
+        moto_adapter.reset()
+        gateway, delivery, journal = _assemble(state_dir, endpoint, region, authority)
+        replayed = gateway.replay()
+        log.info("replayed %d entries of the compacted journal", replayed)
+    return gateway, delivery, journal
+
+
 def serve(
     *,
     state_dir: Path,
@@ -56,24 +80,10 @@ def serve(
     from werkzeug.serving import make_server
 
     from deathmetal_lake.local_aws import moto_adapter
-    from deathmetal_lake.local_aws.compaction import Compactor
     from deathmetal_lake.local_aws.delivery import return_free_memory
     from deathmetal_lake.local_aws.provision import provision_lake
 
-    gateway, delivery, journal = _assemble(state_dir, endpoint, region, f"{host}:{port}")
-    compactor = Compactor(region)
-    replayed = gateway.replay(compactor)
-    log.info("replayed %d journal entries from %s", replayed, journal.path)
-    plan = compactor.plan(
-        now=time.time(),
-        retention_hours=moto_adapter.retention_hours(region),
-        delivered=delivery.delivered(),
-    )
-    if compact(journal, plan):
-        moto_adapter.reset()
-        gateway, delivery, journal = _assemble(state_dir, endpoint, region, f"{host}:{port}")
-        replayed = gateway.replay()
-        log.info("replayed %d entries of the compacted journal", replayed)
+    gateway, delivery, journal = _restore(state_dir, endpoint, region, f"{host}:{port}")
     return_free_memory()
 
     server = make_server(
