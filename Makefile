@@ -70,10 +70,12 @@ dev: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 run: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m deathmetal_lake.run
 
+# Two workers (pytest-xdist), a test module each at a time: most tests wait on the emulator,
+# Firehose or Dagster's event log, and a module's fixtures are built once.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The lake's resources on the embedded AWS or LocalStack, then a wait until every delivery stream
 # delivers a probe; on LAKE_AWS_MODE=aws it refuses (that is Terraform's job, infra/).

@@ -95,8 +95,13 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
 
 
 def _stop_group(process: subprocess.Popen[bytes], grace_seconds: float = 30.0) -> None:
-    """SIGTERM to the group (`dagster dev` and its children); then SIGKILL to what is left."""
-    _signal_group(process, signal.SIGTERM)
+    """SIGTERM to `dagster dev`, which stops its webserver, daemon and code server in order (as on
+    Ctrl-C); then SIGKILL to whatever of its group is left.
+
+    Not SIGTERM to the whole group: the children, stopped by the signal and by `dagster dev` at
+    once, took the whole grace period to exit.
+    """
+    process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:

@@ -520,7 +520,8 @@ def test_calls_hold_at_most_500_records(aws: Aws, tmp_path: Path) -> None:
         max_in_flight=2,
     )
 
-    assert [len(call) for call in recording.calls] == [500, 500, 300]
+    # Two calls in flight: they may complete in either order.
+    assert sorted(len(call) for call in recording.calls) == [300, 500, 500]
     assert report.records == 1300
     assert len(by_row(landed_lines(aws.kinesis, ALBUMS))) == 1300
 

@@ -104,16 +104,27 @@ class LakeTables(ConfigurableResource):
         return pl.scan_parquet(str(self.folder(key) / f"{name}{PARQUET}"), storage_options=options)
 
     def _locate(self, key: AssetKey) -> str | None:
-        """The file, or the folder of parts as a glob, that holds the table; None if neither."""
-        root = self._root()
+        """The file, or the folder of parts as a glob, that holds the table; None if neither.
+
+        One listing of the table's parent tells both: every look is a round trip to S3, and a
+        run's check steps look up each table they read.
+        """
         *parents, name = key.path
-        file = root.joinpath(*parents, f"{name}{PARQUET}")
-        if file.exists():
-            return str(file)
-        folder = root.joinpath(*key.path)
-        if folder.is_dir() and any(folder.rglob(f"*{PARQUET}")):
-            return f"{folder}/**/*{PARQUET}"
-        return None
+        parent = self._root().joinpath(*parents)
+        try:
+            listing = parent.fs.ls(parent.path, detail=True)
+        except FileNotFoundError:
+            return None
+        kinds = {Path(info["name"]).name: info["type"] for info in listing}
+        if kinds.get(f"{name}{PARQUET}") == "file":
+            return str(parent / f"{name}{PARQUET}")
+        if kinds.get(name) != "directory":
+            return None
+        folder = parent / name
+        # On S3 a folder is listed only while it holds parts; a folder on a disk may be empty.
+        if not self.base_dir.startswith("s3://") and not any(folder.rglob(f"*{PARQUET}")):
+            return None
+        return f"{folder}/**/*{PARQUET}"
 
     def exists(self, key: AssetKey) -> bool:
         return self._locate(key) is not None
