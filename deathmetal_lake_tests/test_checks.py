@@ -48,7 +48,12 @@ from deathmetal_lake.checks import run as checks_run
 from deathmetal_lake.checks.evidence import SAMPLE_ROWS
 from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.jobs import lake_checks_job
-from deathmetal_lake.resources import LakeParquetIOManager, LakeTables, build_resources
+from deathmetal_lake.resources import (
+    LakeParquetIOManager,
+    LakeTables,
+    TableMissing,
+    build_resources,
+)
 from deathmetal_lake.rules import CONTRACTS, RULES, ForeignKey
 from deathmetal_lake.settings import AwsMode, LakeSettings
 from deathmetal_lake.transforms import gold as gold_transforms
@@ -672,16 +677,13 @@ def test_lake_tables_find_a_file_or_a_folder_of_parts(tmp_path: Path) -> None:
     (parts / "ingest=a").mkdir(parents=True)
     pl.DataFrame({"id": [1, 2]}).write_parquet(parts / "part-0.parquet")
     pl.DataFrame({"id": [3]}).write_parquet(parts / "ingest=a" / "part-1.parquet")
+    (lake / "silver" / "albums").mkdir()  # a folder without parts is no table
     bands, reviews, albums = (AssetKey(["silver", t]) for t in ("bands", "reviews", "albums"))
-    assert (tables.exists(bands), tables.exists(reviews), tables.exists(albums)) == (
-        True,
-        True,
-        False,
-    )
     assert (tables.rows(bands), tables.rows(reviews)) == (3, 3)
     assert sorted(tables.scan(reviews).select("id").collect()["id"]) == [1, 2, 3]
-    with pytest.raises(FileNotFoundError, match="silver/albums"):
-        tables.scan(albums)
+    for absent in (albums, AssetKey(["gold", "band_avg_scores"])):
+        with pytest.raises(TableMissing, match=absent.to_user_string()):
+            tables.scan(absent)
 
 
 def test_a_join_built_as_a_folder_replaces_the_file_an_older_lake_holds(tmp_path: Path) -> None:

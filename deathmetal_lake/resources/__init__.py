@@ -16,6 +16,7 @@ from deathmetal_lake.resources.io_managers import (
     LakeParquetIOManager,
     LakeTables,
     LandingManifestIOManager,
+    TableMissing,
     TableUpdate,
 )
 from deathmetal_lake.settings import LakeSettings
@@ -28,6 +29,7 @@ __all__ = [
     "LakeS3Resource",
     "LakeTables",
     "LandingManifestIOManager",
+    "TableMissing",
     "TableUpdate",
     "build_resources",
 ]

@@ -45,6 +45,14 @@ class TableUpdate:
     delete: list[str] = field(default_factory=list)
 
 
+class TableMissing(FileNotFoundError):
+    """A table asked for has neither its file nor a part in the lake yet."""
+
+    def __init__(self, key: AssetKey) -> None:
+        super().__init__(f"{key.to_user_string()} has no table in the lake yet")
+        self.key = key
+
+
 def is_folder_table(metadata: Any) -> bool:
     return (metadata or {}).get("lake/layout") == FOLDER_TABLE["lake/layout"]
 
@@ -126,14 +134,11 @@ class LakeTables(ConfigurableResource):
             return None
         return f"{folder}/**/*{PARQUET}"
 
-    def exists(self, key: AssetKey) -> bool:
-        return self._locate(key) is not None
-
     def scan(self, key: AssetKey) -> pl.LazyFrame:
         """The table as a LazyFrame: nothing is read until the caller collects what it needs."""
         source = self._locate(key)
         if source is None:
-            raise FileNotFoundError(f"{key.to_user_string()} has no table in the lake yet")
+            raise TableMissing(key)
         remote = self.base_dir.startswith("s3://")
         options = self.lake.polars_storage_options() if remote else None
         return pl.scan_parquet(source, storage_options=options)
