@@ -132,7 +132,10 @@ def test_silver_quarantine_and_gold_equal_the_embedded_runs(
     assert actual.keys() == expected.keys()
     for table, frame in expected.items():
         assert frame.height > 0 or table.startswith("quarantine/"), f"{table} is empty"
-        assert_frame_equal(actual[table], frame, obj=table)
+        try:
+            assert_frame_equal(actual[table], frame)
+        except AssertionError as difference:
+            raise AssertionError(f"{table} differs from the embedded run's: {difference}") from None
 
 
 def test_landing_manifests_name_only_objects_with_the_ingests_rows(localstack: Lake) -> None:

@@ -161,7 +161,7 @@ class LakeParquetIOManager(PolarsParquetIOManager):
             super().handle_output(context, obj)
             return
         folder = self.tables.folder(context.asset_key)
-        folder.fs.makedirs(folder.path, exist_ok=True)  # a local lake needs it; S3 has no folders
+        self.make_directory(folder)
         for name, frame in obj.write.items():
             self.sink_df_to_path(context, frame, folder / f"{name}.parquet")
         # New parts first: a reader between the two steps sees a row twice, never lose one.
@@ -179,6 +179,18 @@ class LakeParquetIOManager(PolarsParquetIOManager):
                 PART_VERSIONS: MetadataValue.json(self.tables.part_versions(context.asset_key)),
             }
         )
+
+    def make_directory(self, path: UPath) -> None:
+        """A local lake needs its folders; S3 has none, and asking costs round trips per write."""
+        if not str(self.base_dir).startswith("s3://"):
+            super().make_directory(path)
+
+    def _handle_transition_to_partitioned_asset(self, context: OutputContext, path: UPath) -> None:
+        """Not needed: no partitioned asset of the lake was ever a single file.
+
+        Dagster's check (is the partitions' folder a file?) asks S3 about a prefix, which costs
+        several round trips on every partition write.
+        """
 
     def get_metadata(self, context: OutputContext, obj: Any) -> dict[str, MetadataValue]:
         metadata = super().get_metadata(context, obj)
