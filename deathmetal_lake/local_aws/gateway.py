@@ -18,13 +18,11 @@ import base64
 import hashlib
 import json
 import logging
-import random
 import re
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -34,6 +32,14 @@ from werkzeug.wrappers import Request
 from deathmetal_lake.local_aws import kinesis, moto_adapter
 from deathmetal_lake.local_aws.faults import THROTTLED, FaultInjector, Faults
 from deathmetal_lake.local_aws.journal import Entry, Journal
+from deathmetal_lake.local_aws.responses import (
+    JSON_1_1,
+    Response,
+    error_response,
+    json_response,
+    moto_headers,
+    refusal,
+)
 
 if TYPE_CHECKING:
     from deathmetal_lake.local_aws.compaction import Compactor
@@ -45,7 +51,6 @@ _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _QUERY_UPLOAD_ID = re.compile(r"(^|&)uploadId=([^&]+)")
 _KINESIS_PUTS = (kinesis.PUT_RECORD, kinesis.PUT_RECORDS)
-_JSON_1_1 = "application/x-amz-json-1.1"
 # moto reads the account and region of a request from its credential scope, never the signature.
 _INTERNAL_AUTHORIZATION = "AWS4-HMAC-SHA256 Credential=test/20250101"
 # The journal entry of an object written by `put_object` holds its MD5 here (and a lazy body).
@@ -55,17 +60,6 @@ Observer = Callable[[Entry], None]
 Refusal = tuple[int, dict[str, Any]]
 Guard = Callable[[Entry], Refusal | None]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-@dataclass
-class Response:
-    status: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    @property
-    def ok(self) -> bool:
-        return int(self.status.split(" ", 1)[0]) < 300
 
 
 class JournalUnwritable(RuntimeError):
@@ -103,49 +97,6 @@ def _is_object_read(entry: Entry) -> bool:
         and entry.method in ("GET", "HEAD")
         and entry.path.strip("/").count("/") >= 1
     )
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
-
-
-def _status_line(status: int) -> str:
-    return f"{status} {_REASONS.get(status, 'Error')}"
-
-
-def _json_response(
-    status: int, payload: dict[str, Any], content_type: str = "application/json"
-) -> Response:
-    return Response(
-        _status_line(status), [("Content-Type", content_type)], json.dumps(payload).encode()
-    )
-
-
-def _moto_headers() -> list[tuple[str, str]]:
-    """What moto's server adds to every answer (a request id, the CORS header)."""
-    return [
-        ("server", "amazon.com"),
-        ("x-amzn-requestid", "".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=52))),
-        ("Access-Control-Allow-Origin", "*"),
-    ]
-
-
-def _refusal(entry: Entry, status: int, code: str, message: str) -> Response:
-    """An error answer in the request's protocol: JSON (Kinesis, Firehose) or S3's XML."""
-    if operation(entry) is not None:
-        return _json_response(status, {"__type": code, "message": message}, _JSON_1_1)
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
-    )
-    return Response(
-        _status_line(status), [("Content-Type", "application/xml"), *_moto_headers()], body.encode()
-    )
-
-
-def _error_response(error: moto_adapter.ServiceError) -> Response:
-    """moto's answer to one of its exceptions, as its server renders it."""
-    code, headers, body = moto_adapter.error_parts(error)
-    return Response(_status_line(code), [*headers, ("status", str(code)), *_moto_headers()], body)
 
 
 class Gateway:
@@ -255,13 +206,13 @@ class Gateway:
         if _is_object_read(entry):
             return None
         for guard in self.guards:
-            if refusal := guard(entry):
-                return _json_response(*refusal, content_type="application/x-amz-json-1.1")
+            if refused := guard(entry):
+                return json_response(*refused, content_type="application/x-amz-json-1.1")
         if not is_mutation(entry):
             with self.lock:
                 return self._dispatch(entry)
         if self.faults.fails_upload(entry.method, _upload_id(entry)):
-            return _refusal(
+            return refusal(
                 entry,
                 500,
                 "InternalError",
@@ -275,7 +226,7 @@ class Gateway:
             with self.lock:
                 return self._apply(entry)
         except JournalUnwritable as error:
-            return _refusal(entry, 507, "InsufficientStorage", str(error))
+            return refusal(entry, 507, "InsufficientStorage", str(error))
 
     def _journal(self, entry: Entry) -> None:
         """Append to the journal; once that failed, refuse every change until a restart.
@@ -330,7 +281,7 @@ class Gateway:
             try:
                 plan = kinesis.plan(request)
             except moto_adapter.ServiceError as error:
-                return _error_response(error)
+                return error_response(error)
             failed: dict[int, str] = {}
             if request.operation == kinesis.PUT_RECORDS:
                 failed = self.faults.record_failures(len(request.records))
@@ -364,8 +315,8 @@ class Gateway:
                 else:
                     results.append(next(accepted_iter))
             payload = {"FailedRecordCount": len(failed), "Records": results}
-        response = _json_response(200, payload, _JSON_1_1)
-        response.headers += _moto_headers()
+        response = json_response(200, payload, JSON_1_1)
+        response.headers += moto_headers()
         return response
 
     def put_object(self, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
@@ -446,13 +397,13 @@ class Gateway:
     def _control(self, environ: dict[str, Any]) -> Response:
         request, path = Request(environ), environ["PATH_INFO"]
         if path == "/_lake/health":
-            return _json_response(
+            return json_response(
                 200, {**self.identity, "ready": self.ready, "journal_error": self.journal_error}
             )
         if path == "/_lake/delivery":
-            return _json_response(200, self.status_provider())
+            return json_response(200, self.status_provider())
         if path == "/_lake/faults" and request.method == "POST":
             with self.lock:
                 self.faults.set(Faults(**json.loads(request.get_data() or b"{}")))
-            return _json_response(200, self.faults.describe())
-        return _json_response(404, {"error": f"unknown control path {path}"})
+            return json_response(200, self.faults.describe())
+        return json_response(404, {"error": f"unknown control path {path}"})
