@@ -48,6 +48,7 @@ class LakeSettings(Config):
     landing_timeout_seconds: float = Field(default=300.0, gt=0)
     put_records_max_attempts: int = Field(default=10, ge=1)
     embedded_buffer_seconds: int = Field(default=0, ge=0, le=900)
+    embedded_compact_min_mb: int = Field(default=64, ge=1)
 
     @field_validator("state_dir", "csv_dir", "dagster_home", mode="before")
     @classmethod

@@ -13,13 +13,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-from conftest import REPO_ROOT, aws_client, free_port
+from conftest import REPO_ROOT, aws_client, free_port, make_settings
 from test_local_aws import (
     MiB,
     _assert_all_landed_once,
@@ -31,6 +33,7 @@ from test_local_aws import (
     _state,
     _stream_records,
     _wait_landed,
+    _wait_until,
 )
 
 from deathmetal_lake import settings as settings_module
@@ -38,7 +41,8 @@ from deathmetal_lake.datasets import DATASETS
 from deathmetal_lake.local_aws import ensure_running, health, stop
 from deathmetal_lake.local_aws.control import LOG_FILE
 from deathmetal_lake.local_aws.journal import Journal
-from deathmetal_lake.local_aws.server import JOURNAL_FILE, compact
+from deathmetal_lake.local_aws.server import JOURNAL_FILE
+from deathmetal_lake.local_aws.upkeep import compact
 from deathmetal_lake.settings import ENV_FILE, LakeSettings, load_settings
 
 COMPACTED = "journal compacted from"
@@ -169,8 +173,8 @@ def _compact_at(settings: LakeSettings, now: float) -> None:
     delivery = FirehoseDelivery(settings.region, gateway.put_object, gateway.lock)
     gateway.observers.append(delivery.observe)
     try:
-        compactor = Compactor(settings.region)
-        gateway.replay(compactor)
+        gateway.compactor = compactor = Compactor(settings.region)
+        gateway.replay()
         plan = compactor.plan(
             now=now,
             retention_hours=moto_adapter.retention_hours(settings.region),
@@ -218,6 +222,167 @@ def test_records_past_retention_and_delivered_are_dropped(embedded_aws: LakeSett
         _stream_records(kinesis, "reviews-stream").keys()
         == after["records"]["reviews-stream"].keys()
     )
+
+
+# --- compaction while running ----------------------------------------------------------------
+
+RUNTIME_FLOOR_MB = 2
+GARBAGE = 128 * 1024
+
+
+@pytest.fixture
+def compacting_aws(tmp_path: Path) -> Iterator[LakeSettings]:
+    """An emulator that compacts while running once its journal passes 2 MB (not 64 MB)."""
+    settings = make_settings(tmp_path / "state", embedded_compact_min_mb=RUNTIME_FLOOR_MB)
+    ensure_running(settings)
+    try:
+        yield settings
+    finally:
+        stop(settings)
+
+
+def _keeper(settings: LakeSettings) -> dict[str, Any]:
+    current = health(settings)
+    assert current is not None
+    return current["journal"]
+
+
+def _garbage_up_to_the_threshold(settings: LakeSettings) -> bytes:
+    """Overwrite one key and write-then-delete others until the next write would compact."""
+    s3 = aws_client(settings, "s3")
+    body = b""
+    n = 0
+    while (
+        _keeper(settings)["bytes"] + 3 * GARBAGE < _keeper(settings)["next_compaction_past_bytes"]
+    ):
+        body = f"{n}:".encode() + os.urandom(GARBAGE)
+        s3.put_object(Bucket=settings.bucket, Key="silver/albums.parquet", Body=body)
+        s3.put_object(Bucket=settings.bucket, Key=f"tmp/scratch-{n}", Body=os.urandom(GARBAGE))
+        s3.delete_object(Bucket=settings.bucket, Key=f"tmp/scratch-{n}")
+        n += 1
+    assert n > 4, "too little room below the threshold for garbage to be most of the journal"
+    assert _keeper(settings)["compactions"] == 0, "compacted before the threshold"
+    return body
+
+
+def _read_meanwhile(settings: LakeSettings, key: str, body: bytes) -> tuple[threading.Event, list]:
+    """GET `key` (an object read served outside the lock) in a loop; what went wrong, if any."""
+    s3 = aws_client(settings, "s3")
+    done, problems = threading.Event(), []
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                got = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+            except Exception as error:  # reported by the test
+                problems.append(repr(error))
+                return
+            if got != body:
+                problems.append(f"{key} read back {len(got)} bytes, not the {len(body)} written")
+                return
+
+    threading.Thread(target=loop, name="reader", daemon=True).start()
+    return done, problems
+
+
+def test_a_running_emulator_compacts_its_journal_and_keeps_the_lake(
+    compacting_aws: LakeSettings,
+) -> None:
+    settings = compacting_aws
+    s3 = aws_client(settings, "s3")
+    bucket = settings.bucket
+    pid = health(settings)["pid"]
+    sent: dict[str, list[Any]] = {d.name: [] for d in DATASETS}
+    _put_all(settings, sent, 0)
+    _assert_all_landed_once(settings, sent)
+    # An upload under way across the compaction: its client keeps the id it was given.
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="gold/in-flight.parquet")["UploadId"]
+    latest = _garbage_up_to_the_threshold(settings)
+    before, bodies = _state(settings), _bodies(settings)
+    delivery_before = _delivery_status(settings)
+    grown = _journal(settings).stat().st_size
+
+    # A delivered object's body is a view into the journal, by offset: read it throughout.
+    delivered = min(key for key in bodies if key.startswith("landing/"))
+    done, problems = _read_meanwhile(settings, delivered, bodies[delivered])
+    try:
+        # This write passes the threshold; the object is gone again whenever compaction runs.
+        s3.put_object(Bucket=bucket, Key="tmp/crossing", Body=os.urandom(3 * GARBAGE))
+        s3.delete_object(Bucket=bucket, Key="tmp/crossing")
+        _wait_until(lambda: _keeper(settings)["compactions"] == 1, 30, "a runtime compaction")
+    finally:
+        done.set()
+    assert not problems, problems
+    keeper = _keeper(settings)
+    last = keeper["last_compaction"]
+    assert last["during"] == "while running" and not keeper["compacting"], keeper
+    assert health(settings)["pid"] == pid, "the emulator restarted"
+    assert last["bytes_after"] < last["bytes_before"] / 2, last
+    assert _journal(settings).stat().st_size < grown / 2, (grown, last)
+    assert keeper["next_compaction_past_bytes"] == max(
+        RUNTIME_FLOOR_MB * MiB, 2 * last["bytes_after"]
+    )
+    assert "(compacted while running in" in _log(settings)
+    assert _state(settings) == before
+    assert _bodies(settings) == bodies
+    assert bodies["silver/albums.parquet"] == latest
+    assert _delivery_status(settings) == delivery_before, "delivery lost its run's progress"
+
+    # Delivery goes on, once each; the upload completes under the id it had.
+    _put_all(settings, sent, 1)
+    _assert_all_landed_once(settings, sent)
+    listed = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [u["UploadId"] for u in listed] == [upload]
+    part = s3.upload_part(
+        Bucket=bucket, Key="gold/in-flight.parquet", UploadId=upload, PartNumber=1, Body=b"gold"
+    )
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="gold/in-flight.parquet",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    after, after_bodies = _state(settings), _bodies(settings)
+    assert after_bodies["gold/in-flight.parquet"] == b"gold"
+
+    # A restart replays the compacted journal and what came after it to the same lake.
+    _restart(settings)
+    assert _state(settings) == after
+    assert _bodies(settings) == after_bodies
+    for delivery in _delivery_status(settings).values():
+        assert delivery["objects_this_run"] == 0, "the restart made delivery send records again"
+
+
+def test_a_failed_runtime_compaction_leaves_the_journal_and_serves_on(
+    compacting_aws: LakeSettings,
+) -> None:
+    """The rewrite fails where a full disk would fail it: creating the new journal file."""
+    settings = compacting_aws
+    s3 = aws_client(settings, "s3")
+    latest = _garbage_up_to_the_threshold(settings)
+    before = _state(settings)
+    blocker = Journal(_journal(settings)).rewriting
+    blocker.mkdir()
+    try:
+        s3.put_object(Bucket=settings.bucket, Key="tmp/crossing", Body=os.urandom(3 * GARBAGE))
+        size = _journal(settings).stat().st_size
+        _wait_until(
+            lambda: _keeper(settings)["last_failed_compaction"], 30, "the compaction to fail"
+        )
+        assert "journal compaction failed, the journal is kept as it was" in _log(settings)
+        keeper = _keeper(settings)
+        assert keeper["compactions"] == 0 and keeper["last_compaction"] is None, keeper
+        assert keeper["next_compaction_past_bytes"] == 2 * keeper["last_failed_compaction"]["bytes"]
+        assert _journal(settings).stat().st_size == size
+        assert health(settings)["journal_error"] is None
+        s3.delete_object(Bucket=settings.bucket, Key="tmp/crossing")
+        assert _state(settings) == before
+        got = s3.get_object(Bucket=settings.bucket, Key="silver/albums.parquet")["Body"].read()
+        assert got == latest
+    finally:
+        blocker.rmdir()
+    _restart(settings)
+    assert _state(settings) == before
 
 
 # --- a torn journal ----------------------------------------------------------------------------

@@ -233,6 +233,36 @@ def test_store_object_answers_like_put_object_from_the_given_file(
     journal.close()
 
 
+def test_keep_upload_id_renames_an_upload_with_its_parts(endpoint: str) -> None:
+    s3 = client(endpoint, "s3")
+    s3.create_bucket(Bucket=BUCKET)
+    first = os.urandom(5 * 1024 * 1024)
+    drawn = s3.create_multipart_upload(Bucket=BUCKET, Key="big")["UploadId"]
+    etag = s3.upload_part(Bucket=BUCKET, Key="big", UploadId=drawn, PartNumber=1, Body=first)
+    moto_adapter.keep_upload_id(REGION, BUCKET, drawn, "journaled-id")
+    listed = s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]
+    assert [upload["UploadId"] for upload in listed] == ["journaled-id"], (
+        "moto no longer lists an upload by its id attribute and its bucket's multiparts key"
+    )
+    second = s3.upload_part(
+        Bucket=BUCKET, Key="big", UploadId="journaled-id", PartNumber=2, Body=b"tail"
+    )
+    s3.complete_multipart_upload(
+        Bucket=BUCKET,
+        Key="big",
+        UploadId="journaled-id",
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": etag["ETag"]},
+                {"PartNumber": 2, "ETag": second["ETag"]},
+            ]
+        },
+    )
+    assert s3.get_object(Bucket=BUCKET, Key="big")["Body"].read() == first + b"tail", (
+        "a renamed upload lost its parts: moto's multipart dict disposes of them on pop"
+    )
+
+
 def test_store_object_follows_put_objects_signature() -> None:
     parameters = inspect.signature(type(s3_backends[ACCOUNT]["aws"]).put_object).parameters
     for name in ("bucket_name", "key_name", "value", "storage", "etag", "checksum_value"):

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--region", required=True)
     serve.add_argument("--bucket", required=True)
     serve.add_argument("--buffer-seconds", type=int, required=True)
+    serve.add_argument("--compact-min-mb", type=int, default=64)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 region=args.region,
                 bucket=args.bucket,
                 buffer_seconds=args.buffer_seconds,
+                compact_min_mb=args.compact_min_mb,
             )
         except control.EmbeddedAwsError as error:
             print(f"error: {error}", file=sys.stderr)

@@ -3,10 +3,11 @@
 The journal holds every mutation ever applied; most of it stops mattering. An S3 object that was
 overwritten or deleted (with its multipart parts, tags), an aborted multipart upload, and Kinesis
 records past their stream's retention that every Firehose delivery reading the stream has
-delivered: replaying without them rebuilds the same lake. `Compactor` watches a replay, then says
-which entries can go; the server rewrites the journal without them (`Journal.rewrite`: new file,
-fsync, rename) when they are more than half of it, at start-up. Everything it does not recognise
-is kept, so a kind of request it was not written for costs disk, never state.
+delivered: replaying without them rebuilds the same lake. `Compactor` watches a replay and then
+every entry journaled live, and says which entries can go; `upkeep.py` rewrites the journal
+without them (`Journal.rewrite`: new file, fsync, rename) when they are more than half of it, at
+start-up and while running. Everything it does not recognise is kept, so a kind of request it was
+not written for costs disk, never state.
 
 What stays although it is superseded, and why:
 - the source of a copy (CopyObject, UploadPartCopy) as it was then: the replayed copy reads it;

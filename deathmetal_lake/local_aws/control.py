@@ -112,6 +112,8 @@ def ensure_running(settings: LakeSettings, timeout: float = 120.0) -> str:
                     settings.bucket,
                     "--buffer-seconds",
                     str(settings.embedded_buffer_seconds),
+                    "--compact-min-mb",
+                    str(settings.embedded_compact_min_mb),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

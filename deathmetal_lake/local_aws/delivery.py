@@ -21,6 +21,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -85,6 +87,8 @@ class FirehoseDelivery:
         self._deliveries: dict[str, _Delivery] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pass = threading.Lock()
+        """Held by the loop for each pass over the deliveries; `paused` takes it between passes."""
 
     # --- moto state -------------------------------------------------------------------------
 
@@ -165,16 +169,57 @@ class FirehoseDelivery:
                     "delivery of %s failed at stop; the next start delivers it", delivery.name
                 )
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No delivery pass runs meanwhile: a pass reads payloads by journal offset, unlocked.
+
+        Take it before the gateway's lock: the pass under way may need the lock to finish.
+        """
+        with self._pass:
+            yield
+
+    def forget(self) -> dict[str, _Delivery]:
+        """Drop the deliveries, for a replay to rebuild them; what they were, for `carry_over`."""
+        previous, self._deliveries = self._deliveries, {}
+        return previous
+
+    def carry_over(self, previous: dict[str, _Delivery]) -> None:
+        """Keep what a replay cannot know across a rebuild: records read, not yet delivered.
+
+        Positions are sequence numbers and buffers hold the payloads themselves, so both stay
+        true whatever the journal's offsets became.
+        """
+        for name, delivery in self._deliveries.items():
+            old = previous.get(name)
+            if old is None or old.deleted:
+                continue
+            if old.committed != delivery.committed:
+                # Delivered positions come from the journal; the rebuilt ones are the truth. The
+                # old buffer is dropped, and its records are read again from those positions.
+                log.warning(
+                    "delivery %s: positions %s before the rebuild, %s after; reading again",
+                    name,
+                    old.committed,
+                    delivery.committed,
+                )
+                continue
+            delivery.read = old.read
+            delivery.buffer = old.buffer
+            delivery.buffered_bytes = old.buffered_bytes
+            delivery.first_buffered_at = old.first_buffered_at
+            delivery.objects = old.objects
+
     def _run(self) -> None:
         written = trimmed_at = 0
         while not self._stop.wait(self.poll_seconds):
-            for delivery in list(self._deliveries.values()):
-                try:
-                    self._deliver(delivery)
-                except Exception:
-                    # Firehose retries delivery; so do we, a second later, from the same buffer.
-                    log.exception("delivery of %s failed; retrying", delivery.name)
-                    self._stop.wait(1.0)
+            with self._pass:
+                for delivery in list(self._deliveries.values()):
+                    try:
+                        self._deliver(delivery)
+                    except Exception:
+                        # Firehose retries delivery; so do we, a second later, from the same buffer.
+                        log.exception("delivery of %s failed; retrying", delivery.name)
+                        self._stop.wait(1.0)
             now_written = sum(d.objects for d in list(self._deliveries.values()))
             if now_written == written != trimmed_at:
                 # A burst of deliveries is over: give the memory its buffers used back.

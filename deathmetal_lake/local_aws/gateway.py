@@ -4,7 +4,8 @@ Every request passes through here. Requests that change state are applied under 
 journaled in the order they were applied, so a replay rebuilds identical state (Kinesis sequence
 numbers included, and moto's timestamps: each mutation is applied at a journaled instant).
 Observers see each applied mutation, live and during replay alike; the Firehose delivery uses that
-to keep its read positions in the same journal as the objects it wrote.
+to keep its read positions in the same journal as the objects it wrote. So does the compactor,
+which plans what compacting the journal would drop at any moment (`upkeep.py`).
 
 Kinesis PutRecord(s), the bulk of what the lake sends, skip moto's request handling (`kinesis.py`
 applies them to moto's backend, payloads stay in the journal), and so do the objects Firehose
@@ -18,13 +19,11 @@ import base64
 import hashlib
 import json
 import logging
-import random
 import re
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -33,7 +32,15 @@ from werkzeug.wrappers import Request
 
 from deathmetal_lake.local_aws import kinesis, moto_adapter
 from deathmetal_lake.local_aws.faults import THROTTLED, FaultInjector, Faults
-from deathmetal_lake.local_aws.journal import Entry, Journal
+from deathmetal_lake.local_aws.journal import Entry, Journal, ReadGate
+from deathmetal_lake.local_aws.responses import (
+    JSON_1_1,
+    Response,
+    error_response,
+    json_response,
+    moto_headers,
+    refusal,
+)
 
 if TYPE_CHECKING:
     from deathmetal_lake.local_aws.compaction import Compactor
@@ -43,9 +50,9 @@ log = logging.getLogger(__name__)
 _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
+_BUCKET = re.compile(rb"<Bucket>([^<]+)</Bucket>")
 _QUERY_UPLOAD_ID = re.compile(r"(^|&)uploadId=([^&]+)")
 _KINESIS_PUTS = (kinesis.PUT_RECORD, kinesis.PUT_RECORDS)
-_JSON_1_1 = "application/x-amz-json-1.1"
 # moto reads the account and region of a request from its credential scope, never the signature.
 _INTERNAL_AUTHORIZATION = "AWS4-HMAC-SHA256 Credential=test/20250101"
 # The journal entry of an object written by `put_object` holds its MD5 here (and a lazy body).
@@ -55,17 +62,6 @@ Observer = Callable[[Entry], None]
 Refusal = tuple[int, dict[str, Any]]
 Guard = Callable[[Entry], Refusal | None]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-@dataclass
-class Response:
-    status: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    @property
-    def ok(self) -> bool:
-        return int(self.status.split(" ", 1)[0]) < 300
 
 
 class JournalUnwritable(RuntimeError):
@@ -105,49 +101,6 @@ def _is_object_read(entry: Entry) -> bool:
     )
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
-
-
-def _status_line(status: int) -> str:
-    return f"{status} {_REASONS.get(status, 'Error')}"
-
-
-def _json_response(
-    status: int, payload: dict[str, Any], content_type: str = "application/json"
-) -> Response:
-    return Response(
-        _status_line(status), [("Content-Type", content_type)], json.dumps(payload).encode()
-    )
-
-
-def _moto_headers() -> list[tuple[str, str]]:
-    """What moto's server adds to every answer (a request id, the CORS header)."""
-    return [
-        ("server", "amazon.com"),
-        ("x-amzn-requestid", "".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=52))),
-        ("Access-Control-Allow-Origin", "*"),
-    ]
-
-
-def _refusal(entry: Entry, status: int, code: str, message: str) -> Response:
-    """An error answer in the request's protocol: JSON (Kinesis, Firehose) or S3's XML."""
-    if operation(entry) is not None:
-        return _json_response(status, {"__type": code, "message": message}, _JSON_1_1)
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
-    )
-    return Response(
-        _status_line(status), [("Content-Type", "application/xml"), *_moto_headers()], body.encode()
-    )
-
-
-def _error_response(error: moto_adapter.ServiceError) -> Response:
-    """moto's answer to one of its exceptions, as its server renders it."""
-    code, headers, body = moto_adapter.error_parts(error)
-    return Response(_status_line(code), [*headers, ("status", str(code)), *_moto_headers()], body)
-
-
 class Gateway:
     """WSGI app wrapping moto's; see the module docstring."""
 
@@ -172,27 +125,28 @@ class Gateway:
         self.observers: list[Observer] = []
         self.guards: list[Guard] = []
         self.status_provider: Callable[[], dict[str, Any]] = dict
+        self.journal_status: Callable[[], dict[str, Any]] = dict
+        self.compactor: Compactor | None = None
+        """Sees every entry the journal holds, replayed or journaled live, to plan compaction."""
+        self.grown: Callable[[int], None] = lambda size: None
+        """Told the journal's size after each append (under the lock)."""
+        self.object_reads = ReadGate()
 
     # --- replay -----------------------------------------------------------------------------
 
-    def replay(self, compactor: Compactor | None = None) -> int:
+    def replay(self) -> int:
         """Apply the journal to the (fresh) backend; returns the number of entries replayed.
 
-        `compactor` sees each entry as the journal holds it, with what Kinesis stored of it.
+        `compactor`, if set, sees each entry as the journal holds it, with what Kinesis stored of
+        it. A multipart upload gets back the id it had live: its client may still send parts.
         """
-        upload_ids: dict[str, str] = {}
         count = 0
         for entry in self.journal.replay():
             if operation(entry) in _KINESIS_PUTS:
-                self._replay_kinesis_put(entry, compactor)
+                self._replay_kinesis_put(entry)
                 count += 1
                 continue
-            if compactor is not None:
-                compactor.record(entry)
-            entry.query = _QUERY_UPLOAD_ID.sub(
-                lambda m: f"{m.group(1)}uploadId={upload_ids.get(m.group(2), m.group(2))}",
-                entry.query,
-            )
+            self._record(entry)
             if _OBJECT_ETAG in entry.extra:
                 self._store_object(entry)
                 self._notify(entry)
@@ -201,29 +155,47 @@ class Gateway:
             with moto_adapter.frozen_clock(entry.extra.get("t")):
                 response = self._dispatch(entry)
             if "upload_id" in entry.extra and (found := _UPLOAD_ID.search(response.body)):
-                upload_ids[entry.extra["upload_id"]] = found.group(1).decode()
+                bucket = _BUCKET.search(response.body)
+                moto_adapter.keep_upload_id(
+                    self.region,
+                    bucket.group(1).decode() if bucket else entry.path.strip("/").split("/")[0],
+                    found.group(1).decode(),
+                    entry.extra["upload_id"],
+                )
             if response.ok:
                 self._notify(entry)
             count += 1
         return count
 
-    def _replay_kinesis_put(self, entry: Entry, compactor: Compactor | None) -> None:
+    def _replay_kinesis_put(self, entry: Entry) -> None:
         try:
             plan = kinesis.plan(kinesis.parse(entry, self.region))
         except (ValueError, moto_adapter.ServiceError):
             # Answered with an error when it was live, so it changed nothing then either.
-            if compactor is not None:
-                compactor.record(entry)
+            self._record(entry)
             return
         ranges = kinesis.store(plan, entry, self.journal, frozenset(entry.extra.get("failed", ())))
-        if compactor is not None:
-            stream = (
-                plan.request.account_id,
-                plan.request.region,
-                moto_adapter.stream_name(plan.stream),
-            )
-            compactor.record(entry, stream=stream, ranges=ranges)
+        self._record(entry, plan, ranges)
         self._notify(entry)
+
+    def _record(
+        self,
+        entry: Entry,
+        plan: kinesis.Plan | None = None,
+        ranges: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Show the compactor a journaled entry (with where Kinesis stored its records)."""
+        if self.compactor is None:
+            return
+        if plan is None:
+            self.compactor.record(entry)
+            return
+        stream = (
+            plan.request.account_id,
+            plan.request.region,
+            moto_adapter.stream_name(plan.stream),
+        )
+        self.compactor.record(entry, stream=stream, ranges=ranges)
 
     # --- live requests ----------------------------------------------------------------------
 
@@ -233,7 +205,9 @@ class Gateway:
         else:
             response = self._handle(environ)
             if response is None:
-                return self.backend(environ, start_response)
+                # moto reads the whole body (a view of the journal) before it returns.
+                with self.object_reads.passing():
+                    return self.backend(environ, start_response)
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(response.body))))
         start_response(response.status, headers)
@@ -255,13 +229,13 @@ class Gateway:
         if _is_object_read(entry):
             return None
         for guard in self.guards:
-            if refusal := guard(entry):
-                return _json_response(*refusal, content_type="application/x-amz-json-1.1")
+            if refused := guard(entry):
+                return json_response(*refused, content_type="application/x-amz-json-1.1")
         if not is_mutation(entry):
             with self.lock:
                 return self._dispatch(entry)
         if self.faults.fails_upload(entry.method, _upload_id(entry)):
-            return _refusal(
+            return refusal(
                 entry,
                 500,
                 "InternalError",
@@ -275,7 +249,7 @@ class Gateway:
             with self.lock:
                 return self._apply(entry)
         except JournalUnwritable as error:
-            return _refusal(entry, 507, "InsufficientStorage", str(error))
+            return refusal(entry, 507, "InsufficientStorage", str(error))
 
     def _journal(self, entry: Entry) -> None:
         """Append to the journal; once that failed, refuse every change until a restart.
@@ -289,6 +263,7 @@ class Gateway:
             try:
                 self.faults.check_journal_write(self.journal.path)
                 self.journal.append(entry)
+                self.grown(entry.end)
                 return
             except OSError as error:
                 self.journal_error = (
@@ -309,6 +284,7 @@ class Gateway:
             if entry.query.startswith("uploads") and (found := _UPLOAD_ID.search(response.body)):
                 entry.extra["upload_id"] = found.group(1).decode()
             self._journal(entry)
+            self._record(entry)
             if "upload_id" in entry.extra:
                 self.faults.upload_created(_object_key(entry), entry.extra["upload_id"])
             self._notify(entry)
@@ -330,7 +306,7 @@ class Gateway:
             try:
                 plan = kinesis.plan(request)
             except moto_adapter.ServiceError as error:
-                return _error_response(error)
+                return error_response(error)
             failed: dict[int, str] = {}
             if request.operation == kinesis.PUT_RECORDS:
                 failed = self.faults.record_failures(len(request.records))
@@ -339,7 +315,8 @@ class Gateway:
                 entry.extra["failed"] = sorted(failed)
             if len(failed) < len(request.records):
                 self._journal(entry)
-                kinesis.store(plan, entry, self.journal, frozenset(failed))
+                ranges = kinesis.store(plan, entry, self.journal, frozenset(failed))
+                self._record(entry, plan, ranges)
                 self._notify(entry)
                 if request.operation == kinesis.PUT_RECORDS:
                     self.faults.put_records_journaled()
@@ -364,8 +341,8 @@ class Gateway:
                 else:
                     results.append(next(accepted_iter))
             payload = {"FailedRecordCount": len(failed), "Records": results}
-        response = _json_response(200, payload, _JSON_1_1)
-        response.headers += _moto_headers()
+        response = json_response(200, payload, JSON_1_1)
+        response.headers += moto_headers()
         return response
 
     def put_object(self, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
@@ -395,6 +372,7 @@ class Gateway:
             moto_adapter.require_bucket(self.region, bucket)  # raises before journaling
             entry.extra["t"] = time.time()
             self._journal(entry)
+            self._record(entry)
             self._store_object(entry)
             self._notify(entry)
             self.faults.object_delivered()
@@ -446,13 +424,19 @@ class Gateway:
     def _control(self, environ: dict[str, Any]) -> Response:
         request, path = Request(environ), environ["PATH_INFO"]
         if path == "/_lake/health":
-            return _json_response(
-                200, {**self.identity, "ready": self.ready, "journal_error": self.journal_error}
+            return json_response(
+                200,
+                {
+                    **self.identity,
+                    "ready": self.ready,
+                    "journal_error": self.journal_error,
+                    "journal": self.journal_status(),
+                },
             )
         if path == "/_lake/delivery":
-            return _json_response(200, self.status_provider())
+            return json_response(200, self.status_provider())
         if path == "/_lake/faults" and request.method == "POST":
             with self.lock:
                 self.faults.set(Faults(**json.loads(request.get_data() or b"{}")))
-            return _json_response(200, self.faults.describe())
-        return _json_response(404, {"error": f"unknown control path {path}"})
+            return json_response(200, self.faults.describe())
+        return json_response(404, {"error": f"unknown control path {path}"})

@@ -13,7 +13,8 @@ it from the journal (`BodyView`) instead of holding a copy.
 
 `rewrite` replaces the file by one holding only some of its entries (what compaction keeps): the
 new file is written beside it, flushed to disk, then renamed over it, so a crash at any moment
-leaves either the old journal or the new one, whole.
+leaves either the old journal or the new one, whole. Every offset moves: whoever holds one must
+be done with it first (`ReadGate`), and a view made before reads nothing after (`generation`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -106,6 +108,8 @@ class Journal:
         self._handle: BinaryIO | None = None
         self._reader: int | None = None
         self._reader_lock = threading.Lock()
+        self.generation = 0
+        """How many times `rewrite` replaced the file: offsets of an earlier one mean nothing."""
 
     def replay(self) -> Iterator[Entry]:
         """Yield the complete entries in order, then cut any torn tail so appends stay readable."""
@@ -153,6 +157,7 @@ class Journal:
             self.rewriting.unlink(missing_ok=True)
             raise
         os.replace(self.rewriting, self.path)
+        self.generation += 1
         directory = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # the rename itself survives a power cut
@@ -177,7 +182,8 @@ class Journal:
         if entry.lazy:
             meta["l"] = 1
         header = json.dumps(meta).encode() + b"\n"
-        entry.offset = self._handle.tell() + len(header)
+        entry.start = self._handle.tell()
+        entry.offset = entry.start + len(header)
         entry.size = len(entry.body)
         # Three writes, not one concatenation: bodies are up to megabytes, copying them costs CPU.
         self._handle.write(header)
@@ -227,6 +233,7 @@ class BodyView(io.RawIOBase):
         self._offset = offset
         self._length = length
         self._position = 0
+        self._generation = journal.generation
 
     def readable(self) -> bool:
         return True
@@ -245,8 +252,47 @@ class BodyView(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if self.closed:
             raise ValueError("I/O operation on closed file.")  # what moto's own buffer raises
+        if self._generation != self._journal.generation:
+            raise OSError(f"a view of {self._journal.path} from before it was compacted")
         remaining = max(0, self._length - self._position)
         count = remaining if size is None or size < 0 else min(size, remaining)
         data = self._journal.read(self._offset + self._position, count) if count else b""
         self._position += count
         return data
+
+
+class ReadGate:
+    """Reads by journal offset made outside the gateway's lock (S3 object GETs), counted.
+
+    A rewrite moves every offset: `closed` waits for the reads under way and holds new ones back
+    (they wait, they do not fail) until the state made of the new offsets is in place.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._reading = 0
+        self._closed = False
+
+    @contextmanager
+    def passing(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._closed)
+            self._reading += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._reading -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        with self._condition:
+            self._closed = True
+            self._condition.wait_for(lambda: self._reading == 0)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._closed = False
+                self._condition.notify_all()

@@ -194,6 +194,17 @@ def store_object(
     backend.put_object_tagging(stored, {})
 
 
+def keep_upload_id(region: str, bucket: str, replayed: str, journaled: str) -> None:
+    """Give the multipart upload moto created as `replayed` the id `journaled` it had live.
+
+    moto draws a new random id on replay; the client of an upload under way holds the old one.
+    """
+    uploads = _s3_backend(region).get_bucket(bucket).multiparts
+    upload = uploads.pop(replayed)  # not `del`: moto's dict disposes of the parts on delete
+    upload.id = journaled
+    uploads[journaled] = upload
+
+
 # --- Kinesis ------------------------------------------------------------------------------------
 
 

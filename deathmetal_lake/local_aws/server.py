@@ -3,7 +3,8 @@
 Start-up order matters: lock the state directory (one writer per journal), replay the journal
 into a fresh moto, compact it if more than half of it no longer makes the state (then replay the
 compacted journal), open the port, provision what is missing, then report ready and start
-delivering. Clients (see `control.py`) wait for ready.
+delivering, and compacting again whenever the journal has doubled (`upkeep.py`). Clients (see
+`control.py`) wait for ready.
 moto is imported only here, when serving: importing it is slow, and importers of this module's
 names (the CLI, the tests) need not pay for it.
 """
@@ -16,7 +17,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -27,9 +27,9 @@ from deathmetal_lake.local_aws.control import EmbeddedAwsError
 from deathmetal_lake.local_aws.journal import Journal
 
 if TYPE_CHECKING:
-    from deathmetal_lake.local_aws.compaction import Plan
     from deathmetal_lake.local_aws.delivery import FirehoseDelivery
     from deathmetal_lake.local_aws.gateway import Gateway
+    from deathmetal_lake.local_aws.upkeep import JournalKeeper
 
 log = logging.getLogger("deathmetal_lake.local_aws")
 
@@ -40,27 +40,17 @@ SPILL_DIR = "spill"
 
 
 def _restore(
-    state_dir: Path, endpoint: str, region: str, authority: str
-) -> tuple[Gateway, FirehoseDelivery, Journal]:
+    state_dir: Path, endpoint: str, region: str, authority: str, compact_min_bytes: int
+) -> tuple[Gateway, FirehoseDelivery, Journal, JournalKeeper]:
     """The gateway, delivery and journal rebuilt from the journal, compacted first if due."""
-    from deathmetal_lake.local_aws import moto_adapter
-    from deathmetal_lake.local_aws.compaction import Compactor
+    from deathmetal_lake.local_aws.upkeep import JournalKeeper
 
     gateway, delivery, journal = _assemble(state_dir, endpoint, region, authority)
-    compactor = Compactor(region)
-    replayed = gateway.replay(compactor)
-    log.info("replayed %d journal entries from %s", replayed, journal.path)
-    plan = compactor.plan(
-        now=time.time(),
-        retention_hours=moto_adapter.retention_hours(region),
-        delivered=delivery.delivered(),
-    )
-    if compact(journal, plan):
-        moto_adapter.reset()
-        gateway, delivery, journal = _assemble(state_dir, endpoint, region, authority)
-        replayed = gateway.replay()
-        log.info("replayed %d entries of the compacted journal", replayed)
-    return gateway, delivery, journal
+    keeper = JournalKeeper(gateway, delivery, journal, floor_bytes=compact_min_bytes)
+    keeper.restore()
+    gateway.grown = keeper.grown
+    gateway.journal_status = keeper.status
+    return gateway, delivery, journal, keeper
 
 
 def serve(
@@ -70,6 +60,7 @@ def serve(
     region: str,
     bucket: str,
     buffer_seconds: int,
+    compact_min_mb: int = 64,
     host: str = "127.0.0.1",
 ) -> None:
     """Run until SIGTERM or SIGINT; see the module docstring."""
@@ -83,7 +74,9 @@ def serve(
     from deathmetal_lake.local_aws.delivery import return_free_memory
     from deathmetal_lake.local_aws.provision import provision_lake
 
-    gateway, delivery, journal = _restore(state_dir, endpoint, region, f"{host}:{port}")
+    gateway, delivery, journal, keeper = _restore(
+        state_dir, endpoint, region, f"{host}:{port}", compact_min_mb * 1024 * 1024
+    )
     return_free_memory()
 
     server = make_server(
@@ -103,12 +96,14 @@ def serve(
     )
     log.info("provisioned %s", ", ".join(created) or "nothing new")
     delivery.start()
+    keeper.start()
     gateway.ready = True
     log.info("embedded AWS ready on %s (state in %s)", endpoint, state_dir)
 
     _wait_for_stop_signal()
     log.info("stopping: delivering buffered records")
     gateway.ready = False
+    keeper.stop()
     delivery.stop()
     server.shutdown()
     journal.close()
@@ -140,33 +135,6 @@ def hold_writer_lock(state_dir: Path, endpoint: str) -> TextIO:
     handle.write(f"pid {os.getpid()} on {endpoint}\n")
     handle.flush()
     return handle
-
-
-def compact(journal: Journal, plan: Plan) -> bool:
-    """Rewrite the journal as `plan` says if that is worthwhile; True if it was rewritten.
-
-    A failed rewrite (a full disk) leaves the journal as it was: the emulator serves on from it.
-    """
-    size = journal.path.stat().st_size if journal.path.exists() else 0
-    if not plan.worthwhile:
-        log.info(
-            "journal: %d bytes, %d of them no longer needed: not compacted",
-            size,
-            plan.dropped_bytes,
-        )
-        return False
-    try:
-        compacted = journal.rewrite(plan.kept)
-    except OSError as error:
-        log.warning("journal compaction failed, the journal is kept as it was: %s", error)
-        return False
-    log.info(
-        "journal compacted from %d to %d bytes (%d entries dropped)",
-        size,
-        compacted,
-        plan.dropped_entries,
-    )
-    return True
 
 
 def _assemble(
