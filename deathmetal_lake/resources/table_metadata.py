@@ -29,14 +29,15 @@ def _footer_rows(part: UPath) -> int:
         return pq.ParquetFile(file).metadata.num_rows
 
 
-def _head(part: UPath) -> pl.DataFrame:
+def _rows_and_head(part: UPath) -> tuple[int, pl.DataFrame]:
+    """A part's row count and first rows, from one open of it (its footer, then a small batch)."""
     with part.fs.open(part.path, "rb") as file:
         reader = pq.ParquetFile(file, buffer_size=_PREVIEW_BUFFER_BYTES, pre_buffer=False)
         batch = next(reader.iter_batches(batch_size=PREVIEW_ROWS), None)
-        schema = reader.schema_arrow
+        rows, schema = reader.metadata.num_rows, reader.schema_arrow
     frame = pl.from_arrow(batch if batch is not None else schema.empty_table())
     assert isinstance(frame, pl.DataFrame)
-    return frame.head(PREVIEW_ROWS)
+    return rows, frame.head(PREVIEW_ROWS)
 
 
 def _column_type(dtype: pl.DataType) -> str:
@@ -74,14 +75,21 @@ def written_table_metadata(
     ordered = sorted(parts, key=str)
     for part in ordered:  # written by Polars, not fsspec: a listing cached earlier is stale
         part.fs.invalidate_cache(part.path)
-    rows = {part: _footer_rows(part) for part in ordered}
+    # The preview is the first rows of the first part that has any; the other parts give counts.
+    rows, head = 0, None
+    for part in ordered:
+        if head is None:
+            count, first_rows = _rows_and_head(part)
+            head = first_rows if count else None
+        else:
+            count = _footer_rows(part)
+        rows += count
     metadata: dict[str, Any] = {
-        "dagster/partition_row_count" if partitioned else "dagster/row_count": sum(rows.values()),
+        "dagster/partition_row_count" if partitioned else "dagster/row_count": rows,
         "dagster/uri": MetadataValue.path(uri),
     }
-    first = next((part for part, count in rows.items() if count), None)
-    if first is not None:
-        metadata["preview"] = preview(_head(first))
+    if head is not None:
+        metadata["preview"] = preview(head)
     return metadata
 
 
