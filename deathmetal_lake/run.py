@@ -19,9 +19,18 @@ def main() -> int:
     if settings.aws_mode is AwsMode.EMBEDDED:
         start_in_background(settings)
     # Imported only now, so that the import overlaps the emulator's start (see above).
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
     from dagster import DagsterInstance
 
     from deathmetal_lake.batch import run_lake
+    from deathmetal_lake.resources.aws import require_reachable
+
+    if settings.aws_mode is not AwsMode.EMBEDDED:
+        try:
+            require_reachable(settings)
+        except (EndpointConnectionError, ConnectTimeoutError) as error:
+            log.error("%s", "; ".join([str(error), *getattr(error, "__notes__", [])]))
+            return 1
 
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     with DagsterInstance.from_config(str(settings.instance_dir)) as instance:

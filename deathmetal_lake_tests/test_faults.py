@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -30,7 +33,7 @@ from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.local_aws import ensure_running, health, stop
 from deathmetal_lake.partitions import INGEST_PARTITIONS
 from deathmetal_lake.resources import build_resources
-from deathmetal_lake.settings import LakeSettings
+from deathmetal_lake.settings import AwsMode, LakeSettings
 from deathmetal_lake.sources import content_hash, ingest_key, local_sources
 from deathmetal_lake_tests.conftest import (
     SAMPLE_CSV_DIR,
@@ -449,3 +452,44 @@ def test_an_unreachable_back_end_fails_fast_and_says_what_to_do(tmp_path: Path) 
             storage_options=resources["lake"].polars_storage_options(),
         ).collect()
     assert time.monotonic() - started < 15
+
+
+def test_a_run_on_an_unreachable_back_end_fails_at_its_start(tmp_path: Path) -> None:
+    """Not after every AWS-facing step spent its retries (a `make run` took 216 s so)."""
+    dead = make_settings(
+        tmp_path / "state",
+        aws_mode=AwsMode.LOCALSTACK,
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        csv_dir=tmp_path / "csv",
+    )
+    started = time.monotonic()
+    with DagsterInstance.ephemeral() as instance:
+        result = _run(dead, instance, _silver_keys("bands"))
+    assert not result.success and time.monotonic() - started < 15
+    assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_START]
+    (failure,) = [e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE]
+    message = failure.event_specific_data.error.to_string()
+    assert f"the lake's AWS back end ({dead.aws_endpoint}, LAKE_AWS_MODE=localstack)" in message
+
+    # `make run` says so before planning anything, and exits 1.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKE_", "AWS_"))}
+    env |= {
+        "LAKE_AWS_MODE": "localstack",
+        "AWS_ENDPOINT_URL": dead.aws_endpoint or "",
+        "LAKE_CSV_DIR": str(SAMPLE_CSV_DIR),
+        "LAKE_STATE_DIR": str(dead.state_path),
+        "DAGSTER_HOME": str(dead.instance_dir),
+    }
+    dead.instance_dir.mkdir(parents=True)
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "deathmetal_lake.run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1 and time.monotonic() - started < 20
+    assert f'Could not connect to the endpoint URL: "{dead.aws_endpoint}/' in completed.stderr
+    assert "does not answer: check AWS_ENDPOINT_URL" in completed.stderr
+    assert "materializing" not in completed.stderr

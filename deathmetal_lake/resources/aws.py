@@ -5,12 +5,18 @@ embedded mode the `lake` resource starts the embedded AWS on first use, so any D
 (webserver, daemon, run worker) finds it running.
 """
 
+import contextlib
 import functools
 import os
 from typing import Any, ClassVar
 
 import boto3
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from dagster_aws.utils import ResourceWithBoto3Configuration
@@ -58,6 +64,31 @@ class LakeResource(ConfigurableResource):
             os.environ.setdefault(name, value)
         if self.settings.aws_mode is AwsMode.EMBEDDED:
             ensure_running(self.settings)
+
+
+# One retry: a probe that waits out a blip, not an outage.
+PROBE_MAX_ATTEMPTS = 2
+
+
+def require_reachable(settings: LakeSettings) -> None:
+    """Fail a run at its start, in seconds and naming its back end, if that does not answer.
+
+    Otherwise every AWS-facing step would spend its clients' retries and then its own (minutes
+    for a `make run` of three ingests). Any answer counts: a missing bucket or a refused HEAD is
+    for the steps to report as they always do.
+    """
+    endpoint = {"endpoint_url": settings.aws_endpoint} if settings.aws_endpoint else {}
+    s3 = _client(
+        "s3",
+        None,
+        PROBE_MAX_ATTEMPTS,
+        unreachable_hint(settings),
+        region_name=settings.region,
+        **settings.aws_credentials,
+        **endpoint,
+    )
+    with contextlib.suppress(ClientError):
+        s3.head_bucket(Bucket=settings.bucket)
 
 
 def unreachable_hint(settings: LakeSettings) -> str:

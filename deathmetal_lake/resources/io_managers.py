@@ -17,6 +17,7 @@ from dagster import (
     AssetKey,
     ConfigurableIOManager,
     ConfigurableResource,
+    InitResourceContext,
     InputContext,
     MetadataValue,
     OutputContext,
@@ -26,7 +27,12 @@ from dagster_polars import PolarsParquetIOManager
 from upath import UPath
 
 from deathmetal_lake.manifest import LandingManifest
-from deathmetal_lake.resources.aws import LakeResource, LakeS3Resource, fsspec_storage_options
+from deathmetal_lake.resources.aws import (
+    LakeResource,
+    LakeS3Resource,
+    fsspec_storage_options,
+    require_reachable,
+)
 from deathmetal_lake.resources.table_metadata import written_table_metadata
 
 # Definition metadata of an asset whose table is a folder of Parquet parts.
@@ -155,6 +161,12 @@ class LakeParquetIOManager(PolarsParquetIOManager):
     """
 
     tables: ResourceDependency[LakeTables]
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """A run whose bucket does not answer fails here, before its first step (`aws.py`)."""
+        super().setup_for_execution(context)
+        if str(self.base_dir).startswith("s3://"):
+            require_reachable(self.tables.lake.settings)
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if not isinstance(obj, TableUpdate):
