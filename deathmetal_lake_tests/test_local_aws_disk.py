@@ -166,6 +166,9 @@ def _compact_at(settings: LakeSettings, now: float) -> None:
     from deathmetal_lake.local_aws.delivery import FirehoseDelivery
     from deathmetal_lake.local_aws.gateway import Gateway
 
+    # moto's backends are global to the process: another module's in-process moto server
+    # (test_producer's, on the same pytest-xdist worker) may have left streams there.
+    moto_adapter.reset()
     journal = Journal(_journal(settings))
     gateway = Gateway(
         moto_adapter.backend_app(), journal, identity={}, region=settings.region, host="127.0.0.1"

@@ -8,6 +8,7 @@ it, and the others wait for it to report ready.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -53,7 +54,8 @@ def health(settings: LakeSettings, timeout: float = 1.0) -> dict[str, Any] | Non
             f"{endpoint(settings)} is answered by something else (HTTP {error.code} on {url}); "
             "stop it, set LAKE_EMBEDDED_PORT to a free port, or set LAKE_AWS_MODE=localstack"
         ) from error
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    # IncompleteRead: it was killed while it answered.
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.IncompleteRead):
         return None
     except ValueError as error:
         raise EmbeddedAwsError(f"{endpoint(settings)} is answered by something else") from error
