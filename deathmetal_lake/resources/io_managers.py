@@ -79,9 +79,13 @@ class LakeTables(ConfigurableResource):
         root.fs.invalidate_cache()
         return root
 
+    @property
+    def on_s3(self) -> bool:
+        """The lake is in its bucket (always, but for tests of a lake on a local disk)."""
+        return self.base_dir.startswith("s3://")
+
     def _fsspec_options(self) -> dict[str, Any]:
-        remote = self.base_dir.startswith("s3://")
-        return fsspec_storage_options(self.lake.settings) if remote else {}
+        return fsspec_storage_options(self.lake.settings) if self.on_s3 else {}
 
     def folder(self, key: AssetKey) -> UPath:
         """The folder of a folder table, e.g. `s3://bucket/silver/reviews/`."""
@@ -113,8 +117,7 @@ class LakeTables(ConfigurableResource):
 
     def scan_part(self, key: AssetKey, name: str) -> pl.LazyFrame:
         """One part of a folder table, lazily."""
-        remote = self.base_dir.startswith("s3://")
-        options = self.lake.polars_storage_options() if remote else None
+        options = self.lake.polars_storage_options() if self.on_s3 else None
         return pl.scan_parquet(str(self.folder(key) / f"{name}{PARQUET}"), storage_options=options)
 
     def _locate(self, key: AssetKey) -> str | None:
@@ -136,7 +139,7 @@ class LakeTables(ConfigurableResource):
             return None
         folder = parent / name
         # On S3 a folder is listed only while it holds parts; a folder on a disk may be empty.
-        if not self.base_dir.startswith("s3://") and not any(folder.rglob(f"*{PARQUET}")):
+        if not self.on_s3 and not any(folder.rglob(f"*{PARQUET}")):
             return None
         return f"{folder}/**/*{PARQUET}"
 
@@ -145,8 +148,7 @@ class LakeTables(ConfigurableResource):
         source = self._locate(key)
         if source is None:
             raise TableMissing(key)
-        remote = self.base_dir.startswith("s3://")
-        options = self.lake.polars_storage_options() if remote else None
+        options = self.lake.polars_storage_options() if self.on_s3 else None
         return pl.scan_parquet(source, storage_options=options)
 
     def rows(self, key: AssetKey) -> int:
@@ -165,7 +167,7 @@ class LakeParquetIOManager(PolarsParquetIOManager):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """A run whose bucket does not answer fails here, before its first step (`aws.py`)."""
         super().setup_for_execution(context)
-        if str(self.base_dir).startswith("s3://"):
+        if self.tables.on_s3:
             require_reachable(self.tables.lake.settings)
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
@@ -194,7 +196,7 @@ class LakeParquetIOManager(PolarsParquetIOManager):
 
     def make_directory(self, path: UPath) -> None:
         """A local lake needs its folders; S3 has none, and asking costs round trips per write."""
-        if not str(self.base_dir).startswith("s3://"):
+        if not self.tables.on_s3:
             super().make_directory(path)
 
     def _handle_transition_to_partitioned_asset(self, context: OutputContext, path: UPath) -> None:
