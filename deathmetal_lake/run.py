@@ -4,6 +4,7 @@ The embedded AWS is started first, in the background: it boots while this proces
 Dagster, Polars and the definitions, which takes as long again, and the two cores do both at once.
 """
 
+import gc
 import logging
 import sys
 
@@ -25,6 +26,10 @@ def main() -> int:
     from deathmetal_lake.batch import run_lake
     from deathmetal_lake.resources.aws import require_reachable
 
+    # What the imports made lives until exit: the collector need not walk it again in every
+    # full collection during the runs (1.3 -> 0.9 s of collections in a scale-1 increment).
+    gc.freeze()
+
     if settings.aws_mode is not AwsMode.EMBEDDED:
         try:
             require_reachable(settings)
@@ -37,6 +42,9 @@ def main() -> int:
         ok = run_lake(settings, instance)
     if not ok:
         log.error("some runs failed; see the messages above or the runs in the Dagster UI")
+    # Python's shutdown would walk every object Dagster and Polars allocated (0.7-1.4 s after a
+    # run, measured); the instance is closed and logging flushes at exit, so nothing waits on it.
+    gc.freeze()
     return 0 if ok else 1
 
 
