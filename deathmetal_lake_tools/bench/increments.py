@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deathmetal_lake.settings import LakeSettings
-from deathmetal_lake_tools.bench.common import MIB, BenchError
+from deathmetal_lake_tools.bench.common import MIB, BenchError, prepare_instance
 from deathmetal_lake_tools.bench.emulator import (
     embedded_aws,
     emulator_pid,
@@ -70,7 +70,7 @@ def make_run_env(settings: LakeSettings) -> dict[str, str]:
 
 def time_make_run(settings: LakeSettings, log_path: Path) -> dict[str, Any]:
     """Run `make run`'s command as a process; its wall time, exit code and peak RSS."""
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)  # as the Makefile does
+    prepare_instance(settings.instance_dir)
     with log_path.open("ab") as log:
         began_epoch, began = time.time(), time.perf_counter()
         process = subprocess.Popen(

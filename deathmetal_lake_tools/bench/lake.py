@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deathmetal_lake.settings import LakeSettings
-from deathmetal_lake_tools.bench.common import BenchError
+from deathmetal_lake_tools.bench.common import BenchError, prepare_instance
 from deathmetal_lake_tools.bench.emulator import polars_s3_options
 from deathmetal_lake_tools.bench.memory import PeakSampler
 
@@ -299,8 +299,7 @@ def run_lake_once(settings: LakeSettings) -> dict[str, Any]:
 
     from deathmetal_lake.batch import run_lake
 
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
-    (settings.instance_dir / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_instance(settings.instance_dir)
     with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
         began = time.time()
         ok = run_lake(settings, instance)
