@@ -1043,6 +1043,51 @@ def test_lake_checks_job_runs_the_checks_alone(sample_lake) -> None:
     assert before == {k: instance.get_latest_materialization_event(k) for k in before}
 
 
+@pytest.mark.slow
+def test_silver_checks_read_only_changed_parts_and_catch_a_tampered_one(sample_lake) -> None:
+    settings, instance = sample_lake.settings, sample_lake.instance
+    job = build_definitions(settings).resolve_job_def(lake_checks_job.name)
+    reconciles, required = (
+        ("silver/bands", "silver_reconciles_with_bronze"),
+        (
+            "silver/bands",
+            "required_not_null",
+        ),
+    )
+
+    def checked() -> dict[tuple[str, str], AssetCheckEvaluation]:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        return _evaluations(result)
+
+    verified = checked()
+    assert verified[reconciles].passed and verified[reconciles].metadata["parts_checked"].value == 0
+    assert verified[required].metadata["parts_checked"].value == 0
+
+    s3, bucket = aws_client(settings, "s3"), settings.bucket
+    (part,) = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="silver/bands/")["Contents"]
+    ]
+    rows = pl.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=part)["Body"].read()))
+    lost, doubled = rows["_source_row"].sort()[:2].to_list()
+    planted = io.BytesIO()
+    pl.concat(
+        [rows.filter(pl.col("_source_row") != lost), rows.filter(pl.col("_source_row") == doubled)]
+    ).write_parquet(planted)
+    with _replaced(s3, bucket, part, planted.getvalue()):
+        tampered = checked()
+    result = tampered[reconciles]
+    assert (result.passed, result.metadata["parts_checked"].value) == (False, 1)
+    assert {(p, row) for p, row, _, _ in _problems(result)} == {
+        ("missing", lost),
+        ("doubled", doubled),
+    }
+    assert tampered[required].metadata["parts_checked"].value == 1
+
+    # Put back, the part is a new object (S3 gives it another ETag): read again, and it passes.
+    restored = checked()
+    assert restored[reconciles].passed and restored[reconciles].metadata["parts_checked"].value == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The landing and bronze checks alone, one ingest at a time, on the sample lake's S3
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
 from polars.testing import assert_frame_equal
 
 from deathmetal_lake.batch import run_lake
@@ -112,14 +112,30 @@ def parts_rewritten(lake: Lake, table: str) -> int:
     return event.asset_materialization.metadata["parts_written"].value
 
 
-def refresh_equals_rebuild(lake: Lake, *, rewritten: dict[str, int] | None = None) -> dict:
+def parts_checked(lake: Lake, table: str, check: str) -> int:
+    """How many parts of `table` the check's latest evaluation read (the others were verified)."""
+    key = AssetCheckKey(AssetKey(table.split("/")), check)
+    (record,) = lake.instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    assert record.event is not None and record.event.dagster_event is not None
+    return record.event.dagster_event.event_specific_data.metadata["parts_checked"].value
+
+
+def refresh_equals_rebuild(
+    lake: Lake,
+    *,
+    rewritten: dict[str, int] | None = None,
+    checked: dict[tuple[str, str], int] | None = None,
+) -> dict:
     """Run the lake incrementally, then check a from-scratch rebuild gives the same tables.
 
-    `rewritten`: table -> how many parts the incremental refresh may write.
+    `rewritten`: table -> how many parts the incremental refresh may write; `checked`:
+    (table, check) -> how many parts the refresh's evaluation of that check may read.
     """
     assert run_lake(lake.settings, lake.instance), "the incremental run failed"
     for table, parts in (rewritten or {}).items():
         assert parts_rewritten(lake, table) == parts, table
+    for (table, check), parts in (checked or {}).items():
+        assert parts_checked(lake, table, check) == parts, (table, check)
     incremental = lake.snapshot()
     lake.rebuild_from_scratch()
     rebuilt = lake.snapshot()
@@ -163,7 +179,16 @@ def test_an_append_adds_its_ids_and_rewrites_no_other_part(lake: Lake) -> None:
     write_csv(lake.csv_dir / "reviews_append.csv", REVIEW_COLUMNS, rows)
     # New ids supersede nothing: the refresh writes the new ingest's part alone, and the join
     # of reviews with albums only that part's join.
-    after = refresh_equals_rebuild(lake, rewritten={"silver/reviews": 1, "silver/album_reviews": 1})
+    # The row-level checks and the reconciliation read that part alone.
+    after = refresh_equals_rebuild(
+        lake,
+        rewritten={"silver/reviews": 1, "silver/album_reviews": 1},
+        checked={
+            ("silver/reviews", "silver_reconciles_with_bronze"): 1,
+            ("silver/reviews", "required_not_null"): 1,
+            ("silver/reviews", "values_in_range"): 1,
+        },
+    )
     assert ids(after, "silver/reviews") == ids(before, "silver/reviews") | {r[0] for r in rows}
     assert after["quarantine/reviews"].height == before["quarantine/reviews"].height
 
@@ -176,7 +201,9 @@ def test_an_update_by_a_newer_file_wins_and_the_old_rows_go_to_quarantine(lake: 
     write_csv(lake.csv_dir / "reviews_update.csv", REVIEW_COLUMNS, [*updated[1:], invalid])
     # The new part, and reviews.csv's part that lost two ids (and their joins).
     tables = refresh_equals_rebuild(
-        lake, rewritten={"silver/reviews": 2, "silver/album_reviews": 2}
+        lake,
+        rewritten={"silver/reviews": 2, "silver/album_reviews": 2},
+        checked={("silver/reviews", "silver_reconciles_with_bronze"): 2},
     )
     reviews = tables["silver/reviews"]
     for row in updated[1:]:

@@ -11,7 +11,7 @@ it waits for the parent table, and runs again when either changes. The rest ride
 evaluation streams (lazy aggregations over only the columns it needs, a sorted sample).
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import polars as pl
@@ -34,6 +34,7 @@ from deathmetal_lake.checks.evidence import (
     table_check,
 )
 from deathmetal_lake.checks.reconciliation import planned_silver_check
+from deathmetal_lake.checks.verified import part_check
 from deathmetal_lake.datasets import DATASETS_BY_NAME
 from deathmetal_lake.rules import (
     CONTRACTS,
@@ -181,12 +182,15 @@ def _count_rows_where(
     return rows, {name: int(n) for name, n in zip(conditions, counts, strict=True)}
 
 
+def _value_ranges(rules: DatasetRules, current_year: int) -> dict[str, tuple[float, float]]:
+    ranges = {s.name: (s.minimum, s.maximum) for s in rules.score_columns}
+    return ranges | {c: (MIN_YEAR, current_year + MAX_YEAR_AHEAD) for c in rules.year_columns}
+
+
 def evaluate_values(
     table: pl.LazyFrame, rules: DatasetRules, current_year: int
 ) -> AssetCheckResult:
-    last_year = current_year + MAX_YEAR_AHEAD
-    ranges = {s.name: (s.minimum, s.maximum) for s in rules.score_columns}
-    ranges |= {c: (MIN_YEAR, last_year) for c in rules.year_columns}
+    ranges = _value_ranges(rules, current_year)
     names = table.collect_schema().names()
     out_of_range = {
         column: ~pl.col(column).is_between(low, high)
@@ -360,48 +364,49 @@ def _foreign_key_check(dataset: str, fk: ForeignKey, contract: QualityContract) 
 
 
 def _table_checks(dataset: str) -> list[PlannedCheck]:
-    """The checks that read the silver table alone."""
-    rules, key = RULES[dataset], silver_key(dataset)
+    """The checks that read the silver table alone.
 
-    def on_table(
-        name: str,
-        description: str,
-        evaluate: Callable[[pl.LazyFrame], AssetCheckResult],
-        *,
-        blocking: bool = True,
-    ) -> PlannedCheck:
-        spec = AssetCheckSpec(name, asset=key, blocking=blocking, description=description)
-        return table_check(spec, evaluate)
+    Key uniqueness needs every id, and the schema check reads footers only, so both look at the
+    whole table; the row-level rules read only the parts they have not verified (`verified`).
+    """
+    rules, key, schema = RULES[dataset], silver_key(dataset), expected_schema(dataset)
+
+    def spec(name: str, description: str, *, blocking: bool = True) -> AssetCheckSpec:
+        return AssetCheckSpec(name, asset=key, blocking=blocking, description=description)
 
     checks = [
-        on_table(
-            KEY_UNIQUE_NOT_NULL,
-            f"`{rules.key}` is never null and unique.",
+        table_check(
+            spec(KEY_UNIQUE_NOT_NULL, f"`{rules.key}` is never null and unique."),
             lambda table: evaluate_key(table, rules),
         ),
-        on_table(
-            REQUIRED_NOT_NULL,
-            f"Required columns are never null: {rules.required_columns}.",
+        part_check(
+            spec(REQUIRED_NOT_NULL, f"Required columns are never null: {rules.required_columns}."),
+            lambda: ", ".join([rules.key, *rules.required_columns]),
+            schema,
             lambda table: evaluate_required(table, rules),
         ),
-        on_table(
-            COLUMNS_AND_TYPES,
-            "The column set and types are the ones the rules produce.",
+        table_check(
+            spec(COLUMNS_AND_TYPES, "The column set and types are the ones the rules produce."),
             lambda table: evaluate_schema(table, dataset),
         ),
-        on_table(
-            VALUES_IN_RANGE,
-            "Scores in their range, years in MIN_YEAR..next year.",
+        part_check(
+            spec(VALUES_IN_RANGE, "Scores in their range, years in MIN_YEAR..next year."),
+            lambda: repr(_value_ranges(rules, datetime.now(UTC).year)),
+            schema,
             lambda table: evaluate_values(table, rules, datetime.now(UTC).year),
         ),
     ]
     if rules.known_values:
         checks.append(
-            on_table(
-                KNOWN_VALUES,
-                f"Values in their known set: {sorted(rules.known_values)} (WARN).",
+            part_check(
+                spec(
+                    KNOWN_VALUES,
+                    f"Values in their known set: {sorted(rules.known_values)} (WARN).",
+                    blocking=False,
+                ),
+                lambda: repr(sorted((c, sorted(k)) for c, k in rules.known_values.items())),
+                schema,
                 lambda table: evaluate_known_values(table, rules),
-                blocking=False,
             )
         )
     return checks

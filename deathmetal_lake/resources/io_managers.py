@@ -8,6 +8,7 @@
   `manifests/`.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin
@@ -117,8 +118,14 @@ class LakeTables(ConfigurableResource):
 
     def scan_part(self, key: AssetKey, name: str) -> pl.LazyFrame:
         """One part of a folder table, lazily."""
+        return self.scan_parts(key, [name])
+
+    def scan_parts(self, key: AssetKey, names: Sequence[str]) -> pl.LazyFrame:
+        """Some parts of a folder table as one LazyFrame (at least one name)."""
+        folder = self.folder(key)
         options = self.lake.polars_storage_options() if self.on_s3 else None
-        return pl.scan_parquet(str(self.folder(key) / f"{name}{PARQUET}"), storage_options=options)
+        paths = [str(folder / f"{name}{PARQUET}") for name in names]
+        return pl.scan_parquet(paths, storage_options=options)
 
     def _locate(self, key: AssetKey) -> str | None:
         """The file, or the folder of parts as a glob, that holds the table; None if neither.
