@@ -8,7 +8,8 @@ dataset's `orphan_error_rate`, ERROR (blocking) above; quarantine rate — WARN 
 
 A foreign-key check reads two tables, so it has its own automation condition (`after_both_tables`):
 it waits for the parent table, and runs again when either changes. The rest ride along. Every
-evaluation streams (lazy aggregations over only the columns it needs, a sorted sample).
+evaluation streams (lazy aggregations over only the columns it needs, a sorted sample), and the
+row-level rules read only the parts they have not verified yet (`checks.verified`).
 """
 
 from collections.abc import Mapping
