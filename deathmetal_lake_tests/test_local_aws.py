@@ -420,6 +420,37 @@ def test_provisioning_and_starting_again_change_nothing(embedded_aws: LakeSettin
     assert (settings.state_path / LOG_FILE).read_text().count(READY_LINE) == 1
 
 
+def test_a_ranged_get_reads_only_its_bytes_and_answers_as_moto_does(
+    embedded_aws: LakeSettings,
+) -> None:
+    s3, bucket = aws_client(embedded_aws, "s3"), embedded_aws.bucket
+    body = bytes(range(256)) * 4096  # 1 MiB
+    s3.put_object(Bucket=bucket, Key="ranged/part.parquet", Body=body, ContentType="x/y")
+    head = s3.head_object(Bucket=bucket, Key="ranged/part.parquet")
+    for spec, first, last in (("bytes=5-9", 5, 9), ("bytes=1048570-", 1048570, 1048575)):
+        answer = s3.get_object(Bucket=bucket, Key="ranged/part.parquet", Range=spec)
+        assert answer["Body"].read() == body[first : last + 1], spec
+        assert answer["ContentRange"] == f"bytes {first}-{last}/{len(body)}"
+        assert answer["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert (answer["ETag"], answer["ContentType"]) == (head["ETag"], "x/y")
+        assert answer["LastModified"] == head["LastModified"]
+    # A range that ends past the object is cut at its end; one past the end, a missing object and
+    # a condition are moto's to answer.
+    cut = s3.get_object(Bucket=bucket, Key="ranged/part.parquet", Range="bytes=1048574-2000000")
+    assert cut["Body"].read() == body[-2:]
+    for call, code in (
+        (dict(Key="ranged/part.parquet", Range="bytes=2000000-2000001"), "InvalidRange"),
+        (dict(Key="ranged/none.parquet", Range="bytes=0-1"), "NoSuchKey"),
+        (
+            dict(Key="ranged/part.parquet", Range="bytes=0-1", IfMatch='"other"'),
+            "PreconditionFailed",
+        ),
+    ):
+        with pytest.raises(ClientError) as error:
+            s3.get_object(Bucket=bucket, **call)
+        assert error.value.response["Error"]["Code"] == code, call
+
+
 def test_concurrent_up_starts_exactly_one_server(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "state")
     env = _cli_env(settings)

@@ -766,17 +766,6 @@ def test_album_reviews_keeps_reviews_of_unknown_albums():
     assert_frame_equal(out, expected)
 
 
-def test_count_orphans():
-    expected = pl.DataFrame({"orphan_rows": [1], "orphan_keys": [1]})
-    assert_frame_equal(joins.count_orphans(ALBUMS, BANDS, "band").collect(), expected)
-    # Two reviews of one unknown album: two rows, one key.
-    reviews = pl.concat([REVIEWS, silver_reviews([(107, 77, 10.0)])])
-    expected = pl.DataFrame({"orphan_rows": [2], "orphan_keys": [1]})
-    assert_frame_equal(joins.count_orphans(reviews, ALBUMS, "album").collect(), expected)
-    none = joins.count_orphans(ALBUMS.filter(pl.col("band") != 99), BANDS, "band").collect()
-    assert none.rows() == [(0, 0)]
-
-
 # --- gold ---------------------------------------------------------------------------------------
 
 

@@ -255,24 +255,22 @@ def evaluate_foreign_key(
     contract: QualityContract,
     parent_key: str = "id",
 ) -> AssetCheckResult:
-    """Orphans by an anti join on the key columns alone; the sample's provenance is read after.
+    """Orphans by one anti join on the key columns alone; the sample's provenance is read after.
 
-    The join carries only `fk.column` and `id`: the first orphans' other columns are fetched by
-    id afterwards, so the text columns are never read for the whole table.
+    The join carries only `fk.column` and `id`, and its result (two integers per orphan) is
+    collected once for the counts and the sample; the first orphans' other columns are fetched
+    by id afterwards, so the text columns are never read for the whole table.
     """
     keys = [fk.column, "id"]
-    orphans = (
+    size, orphans = collect_streaming(
+        child.select(pl.len()),
         child.select(keys)
         .filter(pl.col(fk.column).is_not_null())
-        .join(parent.select(pl.col(parent_key).alias(fk.column)), on=fk.column, how="anti")
-    )
-    size, orphan_counts, first = collect_streaming(
-        child.select(pl.len()),
-        orphans.select(pl.len().alias("rows"), pl.col(fk.column).n_unique().alias("keys")),
-        orphans.sort(keys).head(SAMPLE_ROWS),
+        .join(parent.select(pl.col(parent_key).alias(fk.column)), on=fk.column, how="anti"),
     )
     rows = size.item()
-    orphan_rows, orphan_keys = orphan_counts.row(0)
+    orphan_rows, orphan_keys = orphans.height, orphans[fk.column].n_unique()
+    first = orphans.sort(keys).head(SAMPLE_ROWS)
     candidates = child.filter(pl.col("id").is_in(first["id"].implode()))
     sample = candidates.join(first.lazy(), on=keys, how="semi")
     failing = _samples(sample_lazy(sample, keys, keys)) if orphan_rows else None

@@ -51,7 +51,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from moto.s3 import notifications
-from moto.s3.models import s3_backends
+from moto.s3.exceptions import S3ClientError
+from moto.s3.models import FakeKey, s3_backends
 from moto.s3.utils import metadata_from_headers
 from moto.utilities.utils import get_partition
 from werkzeug.datastructures import Headers
@@ -192,6 +193,41 @@ def store_object(
         stored,
     )
     backend.put_object_tagging(stored, {})
+
+
+def object_range(
+    region: str, bucket: str, key: str, first: int, last: int | None
+) -> tuple[dict[str, str], bytes] | None:
+    """Bytes `first`..`last` of an object and GetObject's headers for them (206), read from its
+    body alone; None where moto's own handler must answer.
+
+    moto's GetObject reads the whole body to slice a range out of it: about 80 ms per request on
+    a 100 MB Parquet part, whatever the range, and a reader of a few columns sends dozens. None
+    for what this does not cover (no such bucket or object, a version, encryption, another storage
+    class, a range past the end), so moto answers those, errors included, as before.
+    """
+    try:
+        stored = _s3_backend(region).get_object(bucket, key)
+    except S3ClientError:
+        return None
+    if (
+        not isinstance(stored, FakeKey)
+        or stored.version_id != "null"
+        or stored.encryption is not None
+        or stored.storage_class != "STANDARD"
+        or first >= stored.size
+    ):
+        return None
+    end = stored.size - 1 if last is None else min(last, stored.size - 1)
+    if first > end:
+        return None
+    with stored.lock:
+        stored._value_buffer.seek(first)
+        body = stored._value_buffer.read(end - first + 1)
+    headers = {**stored.response_dict, **stored.metadata, "Accept-Ranges": "bytes"}
+    headers["content-range"] = f"bytes {first}-{end}/{stored.size}"
+    headers["content-length"] = str(len(body))
+    return headers, body
 
 
 def keep_upload_id(region: str, bucket: str, replayed: str, journaled: str) -> None:

@@ -60,19 +60,6 @@ def album_reviews(reviews: pl.LazyFrame, albums: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def count_orphans(
-    child: pl.LazyFrame, parent: pl.LazyFrame, foreign_key: str, parent_key: str = "id"
-) -> pl.LazyFrame:
-    """One row: `orphan_rows` (child rows whose foreign key has no parent) and `orphan_keys`."""
-    orphans = child.filter(pl.col(foreign_key).is_not_null()).join(
-        parent.select(pl.col(parent_key).alias(foreign_key)), on=foreign_key, how="anti"
-    )
-    return orphans.select(
-        pl.len().cast(pl.Int64).alias("orphan_rows"),
-        pl.col(foreign_key).n_unique().cast(pl.Int64).alias("orphan_keys"),
-    )
-
-
 SILVER_LINEAGE: dict[str, dict[str, list[tuple[str, str]]]] = {
     "music_catalog": {
         "album_id": [("albums", "id")],
