@@ -363,11 +363,7 @@ def _foreign_key_check(dataset: str, fk: ForeignKey, contract: QualityContract) 
 
 
 def _table_checks(dataset: str) -> list[PlannedCheck]:
-    """The checks that read the silver table alone.
-
-    Key uniqueness needs every id, and the schema check reads footers only, so both look at the
-    whole table; the row-level rules read only the parts they have not verified (`verified`).
-    """
+    """The checks that read the silver table alone; the row-level ones, unverified parts only."""
     rules, key, schema = RULES[dataset], silver_key(dataset), expected_schema(dataset)
 
     def spec(name: str, description: str, *, blocking: bool = True) -> AssetCheckSpec:

@@ -33,6 +33,7 @@ from werkzeug.wrappers import Request
 from deathmetal_lake.local_aws import kinesis, moto_adapter
 from deathmetal_lake.local_aws.faults import THROTTLED, FaultInjector, Faults
 from deathmetal_lake.local_aws.journal import Entry, Journal, ReadGate
+from deathmetal_lake.local_aws.ranged_reads import ranged_read
 from deathmetal_lake.local_aws.responses import (
     JSON_1_1,
     Response,
@@ -40,7 +41,6 @@ from deathmetal_lake.local_aws.responses import (
     json_response,
     moto_headers,
     refusal,
-    status_line,
 )
 
 if TYPE_CHECKING:
@@ -50,17 +50,6 @@ log = logging.getLogger(__name__)
 
 _READ_ONLY_OPERATIONS = ("Describe", "List", "Get")
 _SKIPPED_HEADERS = {"content-length", "transfer-encoding", "connection"}
-_SIMPLE_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
-# Headers with which a ranged GET is answered by moto itself (conditions, CORS, checksums, SSE-C).
-_RANGE_FALLBACK_HEADERS = (
-    "HTTP_IF_MATCH",
-    "HTTP_IF_NONE_MATCH",
-    "HTTP_IF_MODIFIED_SINCE",
-    "HTTP_IF_UNMODIFIED_SINCE",
-    "HTTP_ORIGIN",
-    "HTTP_X_AMZ_CHECKSUM_MODE",
-    "HTTP_X_AMZ_SERVER_SIDE_ENCRYPTION_CUSTOMER_ALGORITHM",
-)
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _BUCKET = re.compile(rb"<Bucket>([^<]+)</Bucket>")
 _QUERY_UPLOAD_ID = re.compile(r"(^|&)uploadId=([^&]+)")
@@ -219,7 +208,7 @@ class Gateway:
             if response is None:
                 # moto reads the whole body (a view of the journal) before it returns.
                 with self.object_reads.passing():
-                    response = self._object_range(environ)
+                    response = ranged_read(environ, self.region)
                     if response is None:
                         return self.backend(environ, start_response)
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
@@ -264,27 +253,6 @@ class Gateway:
                 return self._apply(entry)
         except JournalUnwritable as error:
             return refusal(entry, 507, "InsufficientStorage", str(error))
-
-    def _object_range(self, environ: dict[str, Any]) -> Response | None:
-        """A plain ranged GET of an object (`Range: bytes=a-b`, path-style, no query, conditions,
-        CORS or checksum), read from the body alone; None hands it to moto (`object_range`)."""
-        found = _SIMPLE_RANGE.fullmatch(environ.get("HTTP_RANGE", ""))
-        if (
-            found is None
-            or environ.get("REQUEST_METHOD") != "GET"
-            or environ.get("QUERY_STRING")
-            or any(name in environ for name in _RANGE_FALLBACK_HEADERS)
-        ):
-            return None
-        bucket, _, key = environ.get("PATH_INFO", "").lstrip("/").partition("/")
-        first, last = int(found.group(1)), found.group(2)
-        ranged = moto_adapter.object_range(
-            self.region, unquote(bucket), unquote(key), first, None if not last else int(last)
-        )
-        if ranged is None:
-            return None
-        headers, body = ranged
-        return Response(status_line(206), list(headers.items()), body)
 
     def _journal(self, entry: Entry) -> None:
         """Append to the journal; once that failed, refuse every change until a restart.
