@@ -16,14 +16,16 @@ log = logging.getLogger("deathmetal_lake.run")
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Dagster's storage checks its schema (alembic) once per run: not news for the user.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = load_settings()
     if settings.aws_mode is AwsMode.EMBEDDED:
         start_in_background(settings)
     # Imported only now, so that the import overlaps the emulator's start (see above).
     from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
-    from dagster import DagsterInstance
 
     from deathmetal_lake.batch import run_lake
+    from deathmetal_lake.instance import open_instance
     from deathmetal_lake.resources.aws import require_reachable
 
     # What the imports made lives until exit: the collector need not walk it again in every
@@ -37,8 +39,7 @@ def main() -> int:
             log.error("%s", "; ".join([str(error), *getattr(error, "__notes__", [])]))
             return 1
 
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
-    with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+    with open_instance(settings) as instance:
         ok = run_lake(settings, instance)
     if not ok:
         log.error("some runs failed; see the messages above or the runs in the Dagster UI")

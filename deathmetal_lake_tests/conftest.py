@@ -15,6 +15,7 @@ import pytest
 from dagster import DagsterInstance
 
 from deathmetal_lake import settings as settings_module
+from deathmetal_lake.instance import open_instance
 from deathmetal_lake.local_aws import ensure_running, stop
 from deathmetal_lake.settings import AwsMode, LakeSettings
 
@@ -90,8 +91,9 @@ def sample_lake_built(root: Path) -> Iterator[tuple[LakeSettings, DagsterInstanc
         isolate_env(env, root)
         ensure_running(settings)
         try:
-            settings.instance_dir.mkdir(parents=True, exist_ok=True)
-            with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+            # As `make run` opens it: the repository's dagster.yaml, DAGSTER_HOME set (and reset).
+            env.setenv("DAGSTER_HOME", str(settings.instance_dir))
+            with open_instance(settings) as instance:
                 # Every test reads this lake: a failed build errors them all, not misleads them.
                 assert run_lake(settings, instance), "run_lake failed over the sample; see the log"
                 yield settings, instance

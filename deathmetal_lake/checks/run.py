@@ -16,6 +16,7 @@ from deathmetal_lake.assets.landing import landing_key
 from deathmetal_lake.checks.reconciliation import source_file_of
 from deathmetal_lake.datasets import DATASETS, DATASETS_BY_NAME, Dataset, dataset_for_file
 from deathmetal_lake.definitions import build_definitions
+from deathmetal_lake.instance import open_instance
 from deathmetal_lake.jobs import PARTITION_TAG, ingest_checks_job_name
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.settings import LakeSettings, load_settings
@@ -99,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", action="append", default=[], choices=sorted(DATASETS_BY_NAME))
     args = parser.parse_args(argv)
     settings = load_settings()
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
-    with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+    with open_instance(settings) as instance:
         try:
             targets = _targets(args.ingest, args.dataset, instance)
         except ValueError as error:

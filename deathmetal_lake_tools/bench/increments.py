@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deathmetal_lake.settings import LakeSettings
-from deathmetal_lake_tools.bench.common import MIB, BenchError, prepare_instance
+from deathmetal_lake_tools.bench.common import MIB, BenchError
 from deathmetal_lake_tools.bench.emulator import (
     embedded_aws,
     emulator_pid,
@@ -70,6 +70,8 @@ def make_run_env(settings: LakeSettings) -> dict[str, str]:
 
 def time_make_run(settings: LakeSettings, log_path: Path) -> dict[str, Any]:
     """Run `make run`'s command as a process; its wall time, exit code and peak RSS."""
+    from deathmetal_lake.instance import prepare_instance
+
     prepare_instance(settings.instance_dir)
     with log_path.open("ab") as log:
         began_epoch, began = time.time(), time.perf_counter()
@@ -127,14 +129,14 @@ def measure_make_run(
     settings: LakeSettings, log_path: Path, seen_runs: set[str], emulator: int | None
 ) -> dict[str, Any]:
     """One timed `make run`, its breakdown and peaks; adds its runs to `seen_runs`."""
-    from dagster import DagsterInstance
+    from deathmetal_lake.instance import open_instance
 
     if emulator is not None:
         reset_peak(emulator)
     timed = time_make_run(settings, log_path)
     emulator = emulator if emulator is not None else emulator_pid(settings)
     peak_kib = status_kib(emulator, "VmHWM")
-    with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+    with open_instance(settings) as instance:
         steps, runs = read_steps(instance, frozenset(seen_runs))
     seen_runs.update(r["run_id"] for r in runs)
     failed = [r["run_id"] for r in runs if r["status"] != "SUCCESS"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deathmetal_lake.settings import LakeSettings
-from deathmetal_lake_tools.bench.common import BenchError, prepare_instance
+from deathmetal_lake_tools.bench.common import BenchError
 from deathmetal_lake_tools.bench.emulator import polars_s3_options
 from deathmetal_lake_tools.bench.memory import PeakSampler
 
@@ -295,12 +295,10 @@ def table_rows(
 
 def run_lake_once(settings: LakeSettings) -> dict[str, Any]:
     """`make run`'s work in this process, against the started emulator, from an empty state."""
-    from dagster import DagsterInstance
-
     from deathmetal_lake.batch import run_lake
+    from deathmetal_lake.instance import open_instance
 
-    prepare_instance(settings.instance_dir)
-    with DagsterInstance.from_config(str(settings.instance_dir)) as instance:
+    with open_instance(settings) as instance:
         began = time.time()
         ok = run_lake(settings, instance)
         ended = time.time()

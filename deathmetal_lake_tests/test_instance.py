@@ -1,0 +1,73 @@
+"""The instance `make run` and `make dev` open: the repository's dagster.yaml and its storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, asset, materialize
+
+from deathmetal_lake.instance import INSTANCE_SETTINGS, LakeSqliteStorage, open_instance
+from deathmetal_lake_tests.conftest import make_settings
+
+
+@asset
+def tally() -> int:
+    return 1
+
+
+def _materialize_tally(instance: DagsterInstance) -> str:
+    result = materialize([tally], instance=instance)
+    assert result.success
+    return result.run_id
+
+
+def _runs_and_materializations(instance: DagsterInstance) -> tuple[set[str], int]:
+    runs = {run.run_id for run in instance.get_runs()}
+    events = instance.fetch_materializations(AssetKey("tally"), limit=100).records
+    return runs, len(events)
+
+
+def test_lake_storage_shares_dagsters_default_files_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance made before dagster.yaml chose the storage keeps its history, and back."""
+    settings = make_settings(tmp_path / "state")
+    home = settings.instance_dir
+    home.mkdir(parents=True)
+    with DagsterInstance.from_config(str(home)) as default:  # no dagster.yaml: Dagster's own
+        assert default.get_ref().storage_data.class_name == "DagsterSqliteStorage"
+        before = _materialize_tally(default)
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with open_instance(settings) as lake:
+        assert (home / "dagster.yaml").read_text() == INSTANCE_SETTINGS.read_text()
+        assert lake.get_ref().storage_data.class_name == LakeSqliteStorage.__name__
+        assert _runs_and_materializations(lake) == ({before}, 1)
+        after = _materialize_tally(lake)
+        assert _runs_and_materializations(lake) == ({before, after}, 2)
+
+    (home / "dagster.yaml").unlink()
+    with DagsterInstance.from_config(str(home)) as default:
+        assert _runs_and_materializations(default) == ({before, after}, 2)
+
+
+def test_lake_storage_syncs_normally_on_every_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WAL with synchronous=NORMAL on the run, event log (index and run shards) and schedules."""
+    settings = make_settings(tmp_path / "state")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.instance_dir))
+    with open_instance(settings) as instance:
+        run_id = _materialize_tally(instance)
+        events = instance.event_log_storage
+        connections = [
+            instance.run_storage.connect(),
+            instance.schedule_storage.connect(),
+            events.index_connection(),
+            events.run_connection(run_id),
+        ]
+        for connection in connections:
+            with connection as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
