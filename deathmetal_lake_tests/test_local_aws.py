@@ -31,15 +31,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from conftest import aws_client, make_settings
+from moto import mock_aws
 
 from deathmetal_lake.datasets import DATASETS, DATASETS_BY_NAME, BufferingHints
 from deathmetal_lake.local_aws import EmbeddedAwsError, endpoint, ensure_running, health, stop
 from deathmetal_lake.local_aws.control import LOG_FILE
 from deathmetal_lake.local_aws.provision import delivery_stream_request, provision_lake
+from deathmetal_lake.local_aws.ranged_reads import ranged_read
 from deathmetal_lake.local_aws.server import JOURNAL_FILE
 from deathmetal_lake.settings import LakeSettings
 
@@ -449,6 +452,36 @@ def test_a_ranged_get_reads_only_its_bytes_and_answers_as_moto_does(
         with pytest.raises(ClientError) as error:
             s3.get_object(Bucket=bucket, **call)
         assert error.value.response["Error"]["Code"] == code, call
+
+
+def test_plain_ranges_take_the_fast_path_and_the_rest_go_to_moto() -> None:
+    """The gateway's choice (`ranged_read`): it answers a plain range itself, anything else is
+    moto's (None), on moto's own in-process S3."""
+    region = "us-east-1"
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=region)
+        s3.create_bucket(Bucket="lake")
+        body = bytes(range(256)) * 16
+        s3.put_object(Bucket="lake", Key="a b/part.parquet", Body=body)
+
+        def environ(**extra: str) -> dict[str, str]:
+            path = {"PATH_INFO": "/lake/a%20b/part.parquet", "REQUEST_METHOD": "GET"}
+            return {**path, "HTTP_RANGE": "bytes=5-9", **extra}
+
+        for extra, part in (({}, body[5:10]), ({"HTTP_RANGE": "bytes=4090-"}, body[4090:])):
+            answer = ranged_read(environ(**extra), region)
+            assert answer is not None and answer.status.startswith("206"), extra
+            assert answer.body == part
+        for extra in (
+            {"HTTP_IF_MATCH": '"other"'},
+            {"QUERY_STRING": "versionId=1"},
+            {"REQUEST_METHOD": "HEAD"},
+            {"HTTP_RANGE": "bytes=-5"},
+            {"HTTP_RANGE": "bytes=0-1,5-9"},
+            {"HTTP_RANGE": "bytes=4096-"},
+            {"PATH_INFO": "/lake/none.parquet"},
+        ):
+            assert ranged_read(environ(**extra), region) is None, extra
 
 
 def test_concurrent_up_starts_exactly_one_server(tmp_path: Path) -> None:
