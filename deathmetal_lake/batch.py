@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, ExecuteInProcessResult
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.landing import landing_key
@@ -118,4 +118,22 @@ def _execute(
         tags=TAGS,
         raise_on_error=False,
     )
+    _report_checks(result)
     return result.success
+
+
+def _report_checks(result: ExecuteInProcessResult) -> None:
+    """The run's check results in the terminal: the instance logs at INFO, Dagster's check
+    events are DEBUG lines, and a failed non-blocking check does not fail its run."""
+    evaluations = result.get_asset_check_evaluations()
+    failed = [e for e in evaluations if not e.passed]
+    for e in failed:
+        log.warning(
+            "check %s on %s failed (%s): %s",
+            e.check_name,
+            e.asset_key.to_user_string(),
+            e.severity.value,
+            e.description,
+        )
+    if evaluations:
+        log.info("%d of %d checks passed", len(evaluations) - len(failed), len(evaluations))

@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetCheckEvaluation, DagsterEventType, DagsterInstance
 
 from deathmetal_lake import settings as settings_module
 from deathmetal_lake.instance import open_instance
@@ -73,6 +73,14 @@ def make_settings(state_dir: Path, **overrides: Any) -> LakeSettings:
 
 def aws_client(settings: LakeSettings, service: str) -> Any:
     return boto3.client(service, **settings.boto3_client_kwargs())
+
+
+def check_evaluations(instance: DagsterInstance, run_id: str) -> list[AssetCheckEvaluation]:
+    """The asset check evaluations a run recorded, as the UI shows them."""
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    return [r.event_log_entry.dagster_event.event_specific_data for r in records]
 
 
 @contextmanager

@@ -59,7 +59,12 @@ from deathmetal_lake.settings import AwsMode, LakeSettings
 from deathmetal_lake.transforms import gold as gold_transforms
 from deathmetal_lake.transforms import joins, merge
 from deathmetal_lake.transforms import silver as silver_transforms
-from deathmetal_lake_tests.conftest import REPO_ROOT, aws_client, sample_lake_built
+from deathmetal_lake_tests.conftest import (
+    REPO_ROOT,
+    aws_client,
+    check_evaluations,
+    sample_lake_built,
+)
 
 YEAR = 2026
 MARTS_BY_NAME = {mart.name: mart for mart in gold_transforms.MARTS}
@@ -1207,12 +1212,9 @@ def test_ingest_checks_from_the_command_line(
     (run,) = instance.get_runs(RunsFilter(job_name="reviews_ingest_checks"))
     assert run.tags["dagster/partition"] == reviews
     # The instance logs at INFO (dagster.yaml): the results are in the run, as the UI shows them.
-    records = instance.get_records_for_run(
-        run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
-    ).records
     evaluations = {
         (e.asset_key.to_user_string(), e.check_name, e.passed)
-        for e in (r.event_log_entry.dagster_event.event_specific_data for r in records)
+        for e in check_evaluations(instance, run.run_id)
     }
     assert evaluations == {
         ("landing/reviews", "landing_delivered_every_row", True),

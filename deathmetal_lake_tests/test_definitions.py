@@ -214,3 +214,16 @@ def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
         assert not _port_open(port)
     finally:
         _stop_if_started(tmp_path, port)
+
+
+def test_loading_the_definitions_warns_nothing() -> None:
+    """`make run` and every CLI load them: no Dagster preview or deprecation warning to read."""
+    loaded = subprocess.run(
+        [sys.executable, "-W", "error", "-c", "import deathmetal_lake.definitions"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stderr == ""

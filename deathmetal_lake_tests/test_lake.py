@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -39,7 +40,12 @@ from pyarrow.fs import S3FileSystem
 from deathmetal_lake.batch import run_lake
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.transforms.gold import DEFAULT_PRIOR_WEIGHT
-from deathmetal_lake_tests.conftest import GOLD_TABLES, aws_client, sample_lake_built
+from deathmetal_lake_tests.conftest import (
+    GOLD_TABLES,
+    aws_client,
+    check_evaluations,
+    sample_lake_built,
+)
 
 DATASETS = ("albums", "bands", "reviews")
 COLUMNS = {
@@ -1010,7 +1016,9 @@ def test_second_run_with_unchanged_files_changes_nothing(lake: Lake) -> None:
         assert after[name].equals(frame), name
 
 
-def test_new_file_version_and_increment_update_exactly_their_rows(lake: Lake) -> None:
+def test_new_file_version_and_increment_update_exactly_their_rows(
+    lake: Lake, caplog: pytest.LogCaptureFixture
+) -> None:
     before = snapshot(lake)
     old_keys = {d: partitions(lake, d) for d in DATASETS}
 
@@ -1053,7 +1061,22 @@ def test_new_file_version_and_increment_update_exactly_their_rows(lake: Lake) ->
     increment_path = lake.csv_dir / "reviews_2026-11.csv"
     write_csv(increment_path, reviews_header, increment)
 
-    assert run_lake(lake.settings, lake.instance)
+    runs_before = {run.run_id for run in lake.instance.get_runs()}
+    with caplog.at_level(logging.INFO, logger="deathmetal_lake.batch"):
+        assert run_lake(lake.settings, lake.instance)
+    # Every failed check of these runs is named in the terminal (the sample has WARN orphans).
+    failed = {
+        (e.check_name, e.asset_key.to_user_string(), e.severity.value)
+        for run in lake.instance.get_runs()
+        if run.run_id not in runs_before
+        for e in check_evaluations(lake.instance, run.run_id)
+        if not e.passed
+    }
+    assert ("album_in_albums", "silver/reviews", "WARN") in failed
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for name, asset, severity in failed:
+        assert any(f"check {name} on {asset} failed ({severity})" in w for w in warned), name
+    assert any(r.getMessage().endswith("checks passed") for r in caplog.records)
 
     bands_key, increment_key = ingest_id(bands_path), ingest_id(increment_path)
     assert partitions(lake, "albums") == old_keys["albums"]

@@ -24,7 +24,6 @@ from dagster import (
     AssetDep,
     AssetIn,
     AssetKey,
-    asset_check,
 )
 
 from deathmetal_lake.assets.bronze import bronze_key
@@ -35,7 +34,7 @@ from deathmetal_lake.checks.evidence import SAMPLE_ROWS, PlannedCheck, check_res
 from deathmetal_lake.checks.verified import last_verified, unverified, with_verification
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
-from deathmetal_lake.partitions import ingest_partitions
+from deathmetal_lake.partitions import ingest_asset_check
 from deathmetal_lake.resources import LakeResource, LakeS3Resource, LakeTables, TableMissing
 from deathmetal_lake.rows import INGEST_ID, ROW_ID_SCHEMA, SOURCE_FILE, SOURCE_ROW, IngestKey
 from deathmetal_lake.transforms.merge import current_ingests
@@ -152,10 +151,10 @@ def _existing(s3: LakeS3Resource, bucket: str, keys: Mapping[int, str]) -> list[
 
 
 def build_landing_check(dataset: Dataset) -> AssetChecksDefinition:
-    @asset_check(
+    @ingest_asset_check(
+        dataset,
         asset=landing_key(dataset),
         name=LANDING_DELIVERED,
-        partitions_def=ingest_partitions(dataset),
         blocking=True,
         description=(
             "Nothing lost: every source row of this ingest is a landing line (delivery copies "
@@ -233,10 +232,10 @@ def evaluate_bronze(
 
 
 def build_bronze_check(dataset: Dataset) -> AssetChecksDefinition:
-    @asset_check(
+    @ingest_asset_check(
+        dataset,
         asset=bronze_key(dataset),
         name=BRONZE_MATCHES_LANDING,
-        partitions_def=ingest_partitions(dataset),
         blocking=True,
         additional_ins={"landing": AssetIn(key=landing_key(dataset))},
         description=(
