@@ -26,6 +26,7 @@ from pathlib import Path
 import boto3
 import polars as pl
 
+from deathmetal_lake.instance import prepare_instance
 from deathmetal_lake.resources import LakeResource
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake_tests.conftest import REPO_ROOT, SAMPLE_CSV_DIR, free_port, make_settings
@@ -135,9 +136,8 @@ def running_lake(
     csv_dir = root / "csv"
     shutil.copytree(csv_source, csv_dir)
     settings = make_settings(root / "state", csv_dir=csv_dir)
-    settings.instance_dir.mkdir(parents=True)
-    # As `make dev` does: the instance's run queue settings from the repository's dagster.yaml.
-    shutil.copy(REPO_ROOT / "dagster.yaml", settings.instance_dir / "dagster.yaml")
+    # As `make dev` does: the instance's settings from the repository's dagster.yaml.
+    prepare_instance(settings.instance_dir)
     env = lake_environment(settings)
     port = free_port()
     lake = LiveLake(root, settings, f"http://127.0.0.1:{port}", root / "dagster-dev.log")
