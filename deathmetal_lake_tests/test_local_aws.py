@@ -894,6 +894,95 @@ def test_a_clean_stop_delivers_what_is_buffered(embedded_aws: LakeSettings) -> N
     assert _delivery_status(settings)["albums-firehose"]["objects_this_run"] == 0
 
 
+# A thread of its own that sends SIGTERM to itself: the kernel hands a process's signal to any
+# thread that does not block it, and the emulator must stop whichever one gets it.
+_SIGNAL_TO_ANOTHER_THREAD = """
+import signal, threading, time
+from deathmetal_lake.local_aws.server import _wait_for_stop_signal
+
+def send_to_this_thread():
+    time.sleep(0.5)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    threading.Event().wait()
+
+threading.Thread(target=send_to_this_thread, daemon=True).start()
+_wait_for_stop_signal()
+print("stopped", flush=True)
+"""
+
+
+def test_a_stop_signal_received_by_any_thread_stops_the_emulator() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_TO_ANOTHER_THREAD],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        start_new_session=True,
+    )
+    assert finished.stdout.strip() == "stopped", finished.stderr
+
+
+# Answers /_lake/health as the embedded AWS of a state dir does, and ignores SIGTERM, as a
+# stuck emulator would; its main thread waits in a function the stack dump must name.
+_STUCK_EMULATOR = """
+import faulthandler, json, os, signal, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from deathmetal_lake.local_aws.control import SERVICE_ID
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"service": SERVICE_ID, "pid": os.getpid(), "ready": True,
+                           "state_dir": sys.argv[1]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+def stuck_in_shutdown():
+    threading.Event().wait()
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+stuck_in_shutdown()
+"""
+
+
+def test_stop_kills_an_emulator_that_does_not_stop_and_shows_its_threads(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "state")
+    settings.state_path.mkdir(parents=True)
+    with (settings.state_path / LOG_FILE).open("ab") as log:
+        stuck = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _STUCK_EMULATOR,
+                str(settings.state_path.resolve()),
+                str(settings.embedded_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_until(lambda: health(settings), 30, "the stuck emulator to answer")
+        with pytest.raises(EmbeddedAwsError) as raised:
+            stop(settings, timeout=2)
+        message = str(raised.value)
+        assert f"(pid {stuck.pid}) did not stop within 2s and was killed" in message
+        assert "stuck_in_shutdown" in message, message
+        assert stuck.wait(timeout=10) == -signal.SIGKILL
+        assert health(settings) is None
+    finally:
+        stuck.kill()
+        stuck.wait()
+
+
 # --- AWS behaviour moto lacks -----------------------------------------------------------------
 
 

@@ -167,7 +167,25 @@ def stop(settings: LakeSettings, timeout: float = 60.0) -> bool:
             if not _alive(pid) and health(settings) is None:
                 return True
             time.sleep(0.1)
-    raise EmbeddedAwsError(f"the embedded AWS (pid {pid}) did not stop within {timeout:.0f}s")
+        stacks = _thread_stacks(settings, pid)
+        os.kill(pid, signal.SIGKILL)
+    raise EmbeddedAwsError(
+        f"the embedded AWS (pid {pid}) did not stop within {timeout:.0f}s and was killed; "
+        "nothing it acknowledged is lost (its journal has it: the next start delivers what it "
+        f"had buffered). Its threads when it was killed, as in its log "
+        f"({settings.state_path / LOG_FILE}):\n{stacks}"
+    )
+
+
+def _thread_stacks(settings: LakeSettings, pid: int) -> str:
+    """Have a stuck emulator write every thread's stack to its log (SIGUSR1); return them."""
+    path = settings.state_path / LOG_FILE
+    before = path.stat().st_size if path.exists() else 0
+    os.kill(pid, signal.SIGUSR1)
+    time.sleep(1.0)
+    with path.open("rb") as log:
+        log.seek(before)
+        return log.read().decode(errors="replace")
 
 
 def _alive(pid: int) -> bool:

@@ -11,11 +11,13 @@ names (the CLI, the tests) need not pay for it.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -66,6 +68,8 @@ def serve(
     """Run until SIGTERM or SIGINT; see the module docstring."""
     state_dir = state_dir.resolve()
     endpoint = f"http://{host}:{port}"
+    # `control.stop` asks a process that does not stop for its threads' stacks, to its log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     writer_lock = hold_writer_lock(state_dir, endpoint)  # before importing moto: refuse at once
 
     from werkzeug.serving import make_server
@@ -186,7 +190,18 @@ def _clients(endpoint: str, region: str) -> dict[str, Any]:
 
 
 def _wait_for_stop_signal() -> None:
-    stopping = threading.Event()
+    """Return once SIGTERM or SIGINT arrives.
+
+    The wake-up is the byte the interpreter's own C handler writes to a socket (`set_wakeup_fd`),
+    not a Python handler setting a `threading.Event`: that one can hang the stop for good, either
+    when the signal lands while the main thread holds the event's lock (it does, entering `wait`)
+    or when the kernel hands the signal to another thread, leaving the main thread asleep in
+    `wait` where Python handlers never run. The C handler writes from whichever thread receives
+    the signal and takes no lock.
+    """
+    woken, waker = socket.socketpair()
+    waker.setblocking(False)
+    signal.set_wakeup_fd(waker.fileno(), warn_on_full_buffer=False)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    stopping.wait()
+        signal.signal(signum, lambda *_: None)
+    woken.recv(1)
