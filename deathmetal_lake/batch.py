@@ -2,9 +2,11 @@
 
 Headless, but recorded in the Dagster instance that `make dev` uses, so the runs, partitions and
 materializations show in the UI. Files are planned as the CSV sensor plans them (minus its wait
-for a file to settle): a new file version is ingested (landing, bronze, staging), a version seen
-before that is not its file's current one any more (v1 -> v2 -> v1) is staged again, and silver
-and gold are refreshed once when something changed or they were never built.
+for a file to settle; a file whose size and modification time are those it had at the last
+`make run` is not read again to hash it): a new file version is ingested (landing, bronze,
+staging), a version seen before that is not its file's current one any more (v1 -> v2 -> v1) is
+staged again, and silver and gold are refreshed once when something changed or they were never
+built.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from deathmetal_lake.jobs import buildable_downstream
 from deathmetal_lake.partitions import INGEST_PARTITIONS
 from deathmetal_lake.sensors import Cursor, needs_restaging, plan_ingests
 from deathmetal_lake.settings import LakeSettings
-from deathmetal_lake.sources import local_sources
+from deathmetal_lake.sources import KnownHashes, local_sources
 
 log = logging.getLogger("deathmetal_lake.batch")
 TAGS = {"lake/launched_by": "make run"}
+# The instance's key-value store keeps the content hashes of the files `make run` last saw.
+HASHES_KEY = "deathmetal_lake/make_run/source_hashes"
 
 
 def _ingest_runs(
@@ -66,7 +70,10 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
     def partition_exists(dataset: str, key: str) -> bool:
         return instance.has_dynamic_partition(INGEST_PARTITIONS[dataset].name, key)
 
-    plan = plan_ingests(sources, cursor, partition_exists, log)
+    storage = instance.run_storage
+    hashes = KnownHashes.parse(storage.get_cursor_values({HASHES_KEY}).get(HASHES_KEY))
+    plan = plan_ingests(sources, cursor, partition_exists, log, hash_of=hashes.content_hash)
+    storage.set_cursor_values({HASHES_KEY: hashes.dump(sources)})
     for dataset, keys in plan.new_partitions.items():
         instance.add_dynamic_partitions(INGEST_PARTITIONS[dataset].name, keys)
 

@@ -105,13 +105,15 @@ def plan_ingests(
     log: Logger,
     now: float | None = None,
     restage: Callable[[str, str], bool] = lambda dataset, key: False,
+    hash_of: Callable[[SourceFile], str] = content_hash,
 ) -> Plan:
     """Decide which files to ingest this tick (`now` defaults to the clock); updates `cursor`.
 
     A file is ingested when it is complete at `now` or unchanged since `cursor.pending` noted it,
     so a caller that knows its files are whole can list them as pending. A version ingested
     before whose bronze is there but which is not its file's current one any more (`restage`:
-    dropped back, v1 -> v2 -> v1) is staged again, which makes it the current one.
+    dropped back, v1 -> v2 -> v1) is staged again, which makes it the current one. `hash_of`
+    gives a file's sha256 (read in full unless the caller remembers it).
     """
     now = time.time() if now is None else now
     plan = Plan()
@@ -134,7 +136,7 @@ def plan_ingests(
             continue
         cursor.pending.pop(source.location, None)
         cursor.seen[source.location] = source.fingerprint
-        key = ingest_key(source.name, content_hash(source))
+        key = ingest_key(source.name, hash_of(source))
         plan.current.setdefault(dataset.name, set()).add(key)
         planned = plan.new_partitions.setdefault(dataset.name, [])
         if key in planned or partition_exists(dataset.name, key):

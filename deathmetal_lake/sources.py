@@ -7,8 +7,9 @@ partition key, whichever of the two places it came from.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -85,6 +86,37 @@ def content_hash(source: SourceFile) -> str:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass
+class KnownHashes:
+    """Content hashes of files by location, each valid while the file keeps its fingerprint.
+
+    `make run` plans every file in the folder each time it starts; remembering what it hashed
+    (in the Dagster instance, `batch.py`) keeps it from reading every unchanged file again (1.5 GB
+    at scale 100), as the sensor's cursor does. The fingerprint is the same one the sensor trusts.
+    """
+
+    by_location: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> KnownHashes:
+        loaded = json.loads(raw) if raw else {}
+        return cls({location: (fp, digest) for location, (fp, digest) in loaded.items()})
+
+    def dump(self, sources: list[SourceFile]) -> str:
+        """What to remember: the files still there."""
+        present = {source.location for source in sources}
+        kept = {loc: list(known) for loc, known in self.by_location.items() if loc in present}
+        return json.dumps(kept, sort_keys=True)
+
+    def content_hash(self, source: SourceFile) -> str:
+        known = self.by_location.get(source.location)
+        if known is not None and known[0] == source.fingerprint:
+            return known[1]
+        digest = content_hash(source)
+        self.by_location[source.location] = (source.fingerprint, digest)
+        return digest
 
 
 def ingest_key(file_name: str, sha256_hex: str) -> str:
