@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from dagster import AssetKey, DagsterInstance, asset, materialize
 
-from deathmetal_lake.instance import INSTANCE_SETTINGS, LakeSqliteStorage, open_instance
+from deathmetal_lake.instance import INSTANCE_SETTINGS, LakeSqliteStorage, _engine, open_instance
 from deathmetal_lake_tests.conftest import make_settings
 
 
@@ -71,3 +72,32 @@ def test_lake_storage_syncs_normally_on_every_database(
             with connection as conn:
                 assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_lake_storage_keeps_one_connection_per_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's many event writes reuse one open connection per database file, not one each."""
+    settings = make_settings(tmp_path / "state")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.instance_dir))
+    opened: list[str] = []
+
+    def count(_dbapi_connection: object, _record: object) -> None:
+        opened.append("connection")
+
+    with open_instance(settings) as instance:
+        run_id = _materialize_tally(instance)
+        events = instance.event_log_storage
+        engines = [
+            _engine(events.conn_string_for_shard(run_id)),
+            _engine(events.conn_string_for_shard("index")),
+        ]
+        for engine in engines:
+            sqlalchemy.event.listen(engine, "connect", count)
+        writes = len(instance.all_logs(run_id))
+        for _ in range(3):
+            _materialize_tally(instance)
+        with events.run_connection(run_id) as conn:
+            conn.exec_driver_sql("SELECT 1")
+    assert writes > 10
+    assert opened == []
