@@ -86,7 +86,10 @@ def serve(
     server = make_server(
         host, port, gateway, threaded=True, request_handler=moto_adapter.request_handler()
     )
-    http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    # How often the loop looks for a shutdown request: what a stop waits for, at most.
+    http = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+    )
     http.start()
     clients = _clients(endpoint, region)
     created = provision_lake(
