@@ -6,7 +6,7 @@ for a file to settle; a file whose size and modification time are those it had a
 `make run` is not read again to hash it): a new file version is ingested (landing, bronze,
 staging), a version seen before that is not its file's current one any more (v1 -> v2 -> v1) is
 staged again, and silver and gold are refreshed once when something changed or they were never
-built.
+built, in the run of the last ingest (as the sensor's run carries one file to gold).
 """
 
 from __future__ import annotations
@@ -95,17 +95,29 @@ def run_lake(settings: LakeSettings, instance: DagsterInstance) -> bool:
     def exists(key: AssetKey) -> bool:
         return key in built
 
-    if len(runs) == 1 and not never_built:
-        # One file on a built lake: one run carries it to gold, as the sensor does.
-        key, selection = runs[0]
-        return _execute(defs, instance, buildable_downstream(graph, selection, exists), key)
-    ok = True
-    for key, selection in runs:
-        ok &= _execute(defs, instance, selection, key)
     # Only what the new ingests feed is refreshed (everything, the first time).
     roots = downstream if never_built else [k for _, selection in runs for k in selection]
     refresh = [k for k in buildable_downstream(graph, roots, exists) if k in downstream]
-    return _execute(defs, instance, refresh) and ok
+    if not runs:
+        return _execute(defs, instance, refresh).success
+    # The last ingest's run carries the refresh, as the sensor's run carries one file to gold:
+    # a run fewer to create, start and check.
+    *earlier, (last_key, last_selection) = runs
+    ok = True
+    for key, selection in earlier:
+        ok &= _execute(defs, instance, selection, key).success
+    carried = [*last_selection, *(k for k in refresh if k not in last_selection)]
+    result = _execute(defs, instance, carried, last_key)
+    if result.success:
+        return ok
+    # A failed ingest blocks nothing after it: what its failure skipped is refreshed without it.
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    if materialized.issuperset(last_selection):
+        return False
+    skipped = [k for k in refresh if k not in materialized]
+    if skipped:
+        _execute(defs, instance, skipped)
+    return False
 
 
 def _execute(
@@ -113,7 +125,7 @@ def _execute(
     instance: DagsterInstance,
     selection: list[AssetKey],
     partition_key: str | None = None,
-) -> bool:
+) -> ExecuteInProcessResult:
     """One run of `selection` with the checks of those assets, as the UI would launch it."""
     log.info("materializing %s", ", ".join(k.to_user_string() for k in selection))
     job = defs.resolve_implicit_job_def_def_for_assets(selection)
@@ -126,7 +138,7 @@ def _execute(
         raise_on_error=False,
     )
     _report_checks(result)
-    return result.success
+    return result
 
 
 def _report_checks(result: ExecuteInProcessResult) -> None:
