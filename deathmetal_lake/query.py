@@ -119,7 +119,7 @@ def _parser(known: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def _tables_for(settings: LakeSettings) -> LakeTables:
-    lake = LakeResource(settings=settings)
+    lake = LakeResource.of(settings)
     if settings.aws_mode is AwsMode.EMBEDDED:
         ensure_running(settings)
     return LakeTables(lake=lake, base_dir=f"s3://{settings.bucket}")

@@ -1,8 +1,10 @@
 """The lake's settings: the only place that reads the environment.
 
-`LakeSettings` is a Dagster `Config`, so the `lake` resource carries it whole (the UI shows it
-as the resource's configuration) and every entry point (`dagster dev`, `make run`, the checks
-runner, the tests) builds the same definitions from its own settings. `load_settings()` reads
+`LakeSettings` is plain data: every entry point (`dagster dev`, `make run`, the checks runner,
+the tests) builds the same definitions from its own settings, and the `lake` resource carries
+them whole as its Dagster config (`resources.LakeConfig`; the UI shows them there). Importing
+this module does not import Dagster, so `make run` and `make aws-up` start the embedded AWS
+(which never needs Dagster) while Dagster is still being imported. `load_settings()` reads
 them from `LAKE_*` and the standard AWS variables (see the README's settings table), and from a
 `.env` file in the current directory for what the environment does not set: the file `dagster dev`
 loads itself, so `make run`, `local_aws` and the checks runner see the same lake as the UI.
@@ -15,11 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dagster import Config
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from deathmetal_lake.retries import botocore_config
 
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
 ENV_FILE = ".env"
@@ -34,8 +33,10 @@ class AwsMode(StrEnum):
     AWS = "aws"
 
 
-class LakeSettings(Config):
+class LakeSettings(BaseModel):
     """Where one lake lives and how it talks to AWS. Paths are text so Dagster can show them."""
+
+    model_config = ConfigDict(frozen=True)
 
     aws_mode: AwsMode = AwsMode.EMBEDDED
     endpoint_url: str | None = None
@@ -86,6 +87,9 @@ class LakeSettings(Config):
 
     def boto3_client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `boto3.client(service, **kwargs)`, retries included."""
+        # Imported here: retries.py also holds the steps' Dagster retry policy (see the docstring).
+        from deathmetal_lake.retries import botocore_config
+
         kwargs: dict[str, Any] = {
             "region_name": self.region,
             "config": botocore_config(),

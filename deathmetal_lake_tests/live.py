@@ -172,5 +172,5 @@ def read_table(settings: LakeSettings, layer: str, name: str) -> pl.DataFrame:
     listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=prefix, MaxKeys=1)
     root = f"s3://{settings.bucket}/{layer}/{name}"
     source = f"{root}/**/*.parquet" if listed.get("KeyCount") else f"{root}.parquet"
-    options = LakeResource(settings=settings).polars_storage_options()
+    options = LakeResource.of(settings).polars_storage_options()
     return pl.scan_parquet(source, storage_options=options).collect()

@@ -1282,3 +1282,17 @@ def test_delivered_objects_read_back_from_the_journal_as_moto_would_serve_them(
     assert served() == live
     assert _delivery_status(settings)["reviews-firehose"]["objects_this_run"] == 0
     assert _spilled_sizes(settings) == []
+
+
+def test_the_emulator_and_the_settings_start_without_dagster() -> None:
+    """`make run` starts the emulator before it imports Dagster, and the emulator never needs it:
+    both boot at once on the two cores instead of one after the other."""
+    probe = (
+        "import sys, deathmetal_lake.run, deathmetal_lake.local_aws.__main__, "
+        "deathmetal_lake.local_aws.server, deathmetal_lake.local_aws.provision; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -37,7 +37,7 @@ __all__ = [
 
 def build_resources(settings: LakeSettings) -> dict[str, Any]:
     """Every resource the lake's definitions need, for the back end the settings choose."""
-    lake = LakeResource(settings=settings)
+    lake = LakeResource.of(settings)
     boto3_config = boto3_fields(settings)
     s3 = LakeS3Resource(lake=lake, **boto3_config)
     tables = LakeTables(lake=lake, base_dir=f"s3://{settings.bucket}")

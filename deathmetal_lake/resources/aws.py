@@ -8,7 +8,7 @@ embedded mode the `lake` resource starts the embedded AWS on first use, so any D
 import contextlib
 import functools
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import boto3
 from botocore.exceptions import (
@@ -17,7 +17,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
+from dagster import Config, ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from dagster_aws.utils import ResourceWithBoto3Configuration
 
@@ -38,6 +38,10 @@ from deathmetal_lake.settings import AwsMode, LakeSettings
 JOIN_SAMPLE_LIMIT = ("POLARS_JOIN_SAMPLE_LIMIT", "100000")
 
 
+class LakeConfig(LakeSettings, Config):
+    """`LakeSettings` as the `lake` resource's Dagster config: the UI shows them there."""
+
+
 class LakeResource(ConfigurableResource):
     """Where the lake lives and how it talks to AWS; starts the embedded AWS when it is used.
 
@@ -45,7 +49,12 @@ class LakeResource(ConfigurableResource):
     join sample and sets Polars' S3 retries there (a user's own `POLARS_*` variables win).
     """
 
-    settings: LakeSettings
+    settings: LakeConfig
+
+    @classmethod
+    def of(cls, settings: LakeSettings) -> Self:
+        """The resource for `settings`, carried as its Dagster config."""
+        return cls(settings=LakeConfig(**settings.model_dump()))
 
     def polars_storage_options(self) -> dict[str, Any]:
         """Options for Polars' own S3 reads and writes (object_store keys, not fsspec's)."""
