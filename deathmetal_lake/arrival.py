@@ -25,6 +25,11 @@ from deathmetal_lake.rows import INGEST_ID, ROW_ID_SCHEMA, SOURCE_ROW
 
 # S3 LastModified has one-second resolution and hosts' clocks drift: look a little further back.
 _CLOCK_SLACK = timedelta(seconds=30)
+# After the send, the tail is usually delivered within a fraction of a second (at once on the
+# embedded AWS, which delivers every 50 ms): poll for it often at first, then back off to the
+# watcher's own interval, so a tail that waits out a buffering interval costs few listings.
+_FIRST_TAIL_POLL_SECONDS = 0.05
+_TAIL_POLL_BACKOFF = 1.5
 
 
 class DeliveryTimeoutError(TimeoutError):
@@ -154,6 +159,7 @@ class DeliveryWatcher:
         self._stop_watching()
         expected = sent_rows(source_rows, not_sent)
         started = time.monotonic()
+        delay = min(_FIRST_TAIL_POLL_SECONDS, self._poll_seconds)
         while True:
             self.poll()
             self.arrival.seconds = time.monotonic() - started
@@ -174,7 +180,8 @@ class DeliveryWatcher:
                     f"{missing.head(10).to_list()}); "
                     "check the Firehose delivery stream and its error output under errors/"
                 )
-            time.sleep(self._poll_seconds)
+            time.sleep(delay)
+            delay = min(delay * _TAIL_POLL_BACKOFF, self._poll_seconds)
 
     def poll(self) -> None:
         """Read every object delivered since the last poll."""
