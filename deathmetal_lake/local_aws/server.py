@@ -29,6 +29,8 @@ from deathmetal_lake.local_aws.control import EmbeddedAwsError
 from deathmetal_lake.local_aws.journal import Journal
 
 if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
+
     from deathmetal_lake.local_aws.delivery import FirehoseDelivery
     from deathmetal_lake.local_aws.gateway import Gateway
     from deathmetal_lake.local_aws.upkeep import JournalKeeper
@@ -72,9 +74,6 @@ def serve(
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     writer_lock = hold_writer_lock(state_dir, endpoint)  # before importing moto: refuse at once
 
-    from werkzeug.serving import make_server
-
-    from deathmetal_lake.local_aws import moto_adapter
     from deathmetal_lake.local_aws.delivery import return_free_memory
     from deathmetal_lake.local_aws.provision import provision_lake
 
@@ -83,14 +82,7 @@ def serve(
     )
     return_free_memory()
 
-    server = make_server(
-        host, port, gateway, threaded=True, request_handler=moto_adapter.request_handler()
-    )
-    # How often the loop looks for a shutdown request: what a stop waits for, at most.
-    http = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
-    )
-    http.start()
+    server = _serve_http(host, port, gateway)
     clients = _clients(endpoint, region)
     created = provision_lake(
         clients["s3"],
@@ -116,6 +108,23 @@ def serve(
     journal.close()
     writer_lock.close()
     log.info("stopped")
+
+
+def _serve_http(host: str, port: int, gateway: Gateway) -> BaseWSGIServer:
+    """The gateway on `host:port`, answering from a thread of its own."""
+    from werkzeug.serving import make_server
+
+    from deathmetal_lake.local_aws import moto_adapter
+
+    server = make_server(
+        host, port, gateway, threaded=True, request_handler=moto_adapter.request_handler()
+    )
+    # How often the loop looks for a shutdown request: what a stop waits for, at most.
+    http = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+    )
+    http.start()
+    return server
 
 
 def hold_writer_lock(state_dir: Path, endpoint: str) -> TextIO:
