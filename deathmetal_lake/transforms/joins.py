@@ -2,6 +2,12 @@
 
 A join is built part by part: one part per part of its left-hand table, so an increment rebuilds
 only the parts of the left table it changed, and everything when the right-hand table changed.
+
+Both joins hash the narrow albums columns and stream the wide side (bands' lists, reviews'
+text) past them. Keeping the wide side's row order (`maintain_order`) is what makes Polars probe
+with it rather than hold it: with the order left free, its streaming engine built on the wide
+side and a scale-100 join peaked at 1.9-2.3 GiB; now 0.7 GiB (`music_catalog`) and 1.3 GiB
+(`album_reviews`), and no slower.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def music_catalog(albums: pl.LazyFrame, bands: pl.LazyFrame) -> pl.LazyFrame:
         ),
         on="band_id",
         how="left",
+        maintain_order="right",
     )
 
 
@@ -57,6 +64,7 @@ def album_reviews(reviews: pl.LazyFrame, albums: pl.LazyFrame) -> pl.LazyFrame:
         ),
         on="album_id",
         how="left",
+        maintain_order="left",
     )
 
 
