@@ -12,7 +12,7 @@
 - **Records that fail inside a successful PutRecords call** (`FailedRecordCount`): no client
   retries those; the producer re-sends them, bounded, with backoff (`producer/sending.py`).
 - **A step whose AWS calls still fail** (an outage longer than the clients' budget, such as the
-  embedded AWS restarting): Dagster re-runs the step (`STEP_RETRY_POLICY`). Every AWS-facing step
+  embedded AWS restarting): Dagster re-runs the step (`assets/retry.py`). Every AWS-facing step
   is safe to re-run: landing sends its ingest again under the same ingest id (bronze removes the
   copies by `_source_row`), and every Parquet write replaces whole objects (S3 never shows a
   partly written one) or, for silver's folder tables, completes what a failed attempt left.
@@ -25,17 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 from botocore.config import Config
-from dagster import Backoff, Jitter, RetryPolicy
 
 AWS_MAX_ATTEMPTS = 4
 CONNECT_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 60
-
-# Waits about 1, 3 and 7 s (each +-1 s) between the attempts: ~11 s, time for the embedded AWS
-# to restart, while a lasting fault still fails the run within half a minute.
-STEP_RETRY_POLICY = RetryPolicy(
-    max_retries=3, delay=1, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-)
 
 _BOTOCORE_RETRIES = {"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS}
 

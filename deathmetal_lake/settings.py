@@ -20,6 +20,8 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deathmetal_lake.retries import botocore_config
+
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
 ENV_FILE = ".env"
 """Settings for this checkout, relative to the current directory (git-ignored; see .env.example)."""
@@ -87,9 +89,6 @@ class LakeSettings(BaseModel):
 
     def boto3_client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `boto3.client(service, **kwargs)`, retries included."""
-        # Imported here: retries.py also holds the steps' Dagster retry policy (see the docstring).
-        from deathmetal_lake.retries import botocore_config
-
         kwargs: dict[str, Any] = {
             "region_name": self.region,
             "config": botocore_config(),

@@ -10,11 +10,11 @@ import polars as pl
 from dagster import AssetIn, AssetKey, AssetsDefinition, AutomationCondition, Output, asset
 
 from deathmetal_lake.assets.landing import landing_key
+from deathmetal_lake.assets.retry import STEP_RETRY_POLICY
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
 from deathmetal_lake.resources import LakeResource
-from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.rows import INGEST_ID, PROVENANCE_COLUMNS, SOURCE_ROW
 from deathmetal_lake.transforms.silver import bronze_schema
 

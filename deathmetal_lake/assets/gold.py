@@ -9,8 +9,8 @@ import polars as pl
 from dagster import AssetIn, AssetKey, AssetsDefinition, asset
 
 from deathmetal_lake.assets.lineage import column_lineage, table_key
+from deathmetal_lake.assets.retry import STEP_RETRY_POLICY
 from deathmetal_lake.automation import follow_upstream
-from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.transforms.gold import MARTS, Mart
 
 GROUP = "gold"

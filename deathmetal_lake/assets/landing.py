@@ -24,6 +24,7 @@ from deathmetal_lake.arrival import (
     DeliveryWatcher,
     NothingDeliveredError,
 )
+from deathmetal_lake.assets.retry import STEP_RETRY_POLICY
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.manifest import LandingManifest
 from deathmetal_lake.partitions import ingest_partitions
@@ -46,7 +47,6 @@ from deathmetal_lake.resources import (
     LakeResource,
     LakeS3Resource,
 )
-from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.settings import LakeSettings
 from deathmetal_lake.sources import (
     SourceFile,

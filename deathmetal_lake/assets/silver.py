@@ -25,13 +25,13 @@ from dagster import (
 
 from deathmetal_lake.assets.bronze import bronze_key
 from deathmetal_lake.assets.lineage import column_lineage
+from deathmetal_lake.assets.retry import STEP_RETRY_POLICY
 from deathmetal_lake.assets.staging import staging_key, staging_order
 from deathmetal_lake.automation import follow_ingests, follow_upstream
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.resources import LakeTables, TableUpdate
 from deathmetal_lake.resources.io_managers import FOLDER_TABLE, PART_VERSIONS
 from deathmetal_lake.resources.table_metadata import quarantine_reason_counts
-from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.rows import INGEST_ID, IngestKey
 from deathmetal_lake.transforms import joins, merge
 from deathmetal_lake.transforms.descriptions import SILVER_COLUMN_DESCRIPTIONS

@@ -22,9 +22,9 @@ from dagster import (
 )
 
 from deathmetal_lake.assets.bronze import bronze_key
+from deathmetal_lake.assets.retry import STEP_RETRY_POLICY
 from deathmetal_lake.datasets import DATASETS, Dataset
 from deathmetal_lake.partitions import ingest_partitions
-from deathmetal_lake.retries import STEP_RETRY_POLICY
 from deathmetal_lake.transforms.silver import CHECK_REASON_COLUMN, stage
 
 # Partitioned by ingest like bronze, and run with it: the per-ingest half of the lake.
