@@ -133,13 +133,11 @@ def test_probe_lines_are_counted_by_no_reader_of_landing(embedded_aws: LakeSetti
         json.dumps({"_ingest_id": "bands-1", "_source_row": r, "id": str(r)}).encode() + b"\n"
         for r in (1, 2)
     )
-    # A probe delivered in the same object as an ingest's rows, before and after them.
-    s3.put_object(Bucket=settings.bucket, Key=key, Body=probe + rows + probe)
-
     with DeliveryWatcher(
         s3, bucket=settings.bucket, prefix=prefix, ingest_id="bands-1", since=datetime.now(UTC)
     ) as watcher:
-        pass
+        # A probe delivered in the same object as an ingest's rows, before and after them.
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=probe + rows + probe)
     arrival = watcher.wait(2, timeout_seconds=5)
     assert (arrival.rows, arrival.lines, arrival.objects) == (2, 2, {key: 2})
 
