@@ -264,6 +264,31 @@ def test_silver_reconciles_latest_bronze_with_silver_plus_quarantine() -> None:
     assert current == ["b-1", "a-2"]
 
 
+def test_silver_reconciliation_tells_ingests_apart_whose_row_numbers_overlap() -> None:
+    """Each ingest's rows get keys of their own (`RowKeys`), also rows outside bronze's range."""
+
+    def provenance(ingest: str, rows: list[int]) -> pl.DataFrame:
+        return pl.DataFrame({"_ingest_id": [ingest] * len(rows), "_source_row": rows})
+
+    a, b = "bands-00000000000a", "bands-00000000000b"
+    bronze = pl.concat([provenance(a, [1, 2, 3]), provenance(b, [1, 2, 3])])
+    assert_passes(
+        reconciliation.evaluate_silver(
+            "bands", bronze, provenance(a, [1, 2, 3]), provenance(b, [1, 2, 3])
+        )
+    )
+    silver = pl.concat([provenance(a, [1, 2, 3, 7]), provenance(b, [1, 2])])
+    result = reconciliation.evaluate_silver("bands", bronze, silver, provenance(b, [2, -1]))
+    rows = assert_fails(result, ERROR)
+    assert {(r["problem"].split(":")[0], r["_ingest_id"], r["_source_row"]) for r in rows} == {
+        ("missing", b, 3),
+        ("extra", a, 7),
+        ("extra", b, -1),
+        ("doubled", b, 2),
+    }
+    assert (meta(result, "missing_rows"), meta(result, "extra_rows")) == (1, 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Silver contracts
 

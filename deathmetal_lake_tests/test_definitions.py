@@ -15,11 +15,14 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
+    build_init_resource_context,
 )
 
 from deathmetal_lake.datasets import DATASETS
 from deathmetal_lake.definitions import build_definitions
 from deathmetal_lake.local_aws import stop
+from deathmetal_lake.resources.aws import STREAMING_CHUNK_ROWS, LakeResource
+from deathmetal_lake.settings import AwsMode
 from deathmetal_lake_tests.conftest import GOLD_TABLES, REPO_ROOT, free_port, make_settings
 
 VENV_BIN = Path(sys.executable).parent
@@ -171,6 +174,21 @@ def _stop_if_started(tmp_path: Path, port: int) -> None:
     """A failing test must not leave an emulator behind."""
     if _port_open(port):
         stop(make_settings(tmp_path / "state", embedded_port=port))
+
+
+def test_the_lake_resource_caps_polars_streaming_chunks_unless_the_user_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polars' own chunks held too much text in flight at scale 100 (`STREAMING_CHUNK_ROWS`)."""
+    settings = make_settings(tmp_path / "state", aws_mode=AwsMode.LOCALSTACK)
+    resource = LakeResource.of(settings)
+    monkeypatch.delenv("POLARS_STREAMING_CHUNK_SIZE", raising=False)
+    resource.setup_for_execution(build_init_resource_context())
+    assert os.environ["POLARS_STREAMING_CHUNK_SIZE"] == str(STREAMING_CHUNK_ROWS)
+
+    monkeypatch.setenv("POLARS_STREAMING_CHUNK_SIZE", "500")
+    resource.setup_for_execution(build_init_resource_context())
+    assert os.environ["POLARS_STREAMING_CHUNK_SIZE"] == "500"
 
 
 def test_loading_definitions_starts_nothing(tmp_path: Path) -> None:
