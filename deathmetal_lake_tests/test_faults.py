@@ -386,7 +386,15 @@ def test_two_ingests_of_one_dataset_at_the_same_time(lake: LakeSettings, tmp_pat
     ]
     results: dict[str, Any] = {}
     (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+    # Without capture of the steps' output: two runs in threads of one process would race over
+    # its file descriptors, and a capture's `tail -F` processes were once left running.
+    no_capture = {
+        "compute_logs": {
+            "module": "dagster._core.storage.noop_compute_log_manager",
+            "class": "NoOpComputeLogManager",
+        }
+    }
+    with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides=no_capture) as instance:
         threads = [
             threading.Thread(
                 target=lambda s=s: results.__setitem__(s.key, _ingest(lake, instance, s))
