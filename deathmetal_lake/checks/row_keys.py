@@ -37,11 +37,11 @@ class RowKeys:
             .sort(INGEST_ID)
         )
         size = pl.col("last") - pl.col("first") + 1
-        ranges = spans.select(
-            INGEST_ID, start=size.cum_sum() - size, base=size.cum_sum() - size - pl.col("first")
-        )
         if not spans.is_empty() and spans.select(size.sum()).item() >= 2**62:
             raise ValueError("the ingests' source rows span more than an Int64 key can hold")
+        ranges = spans.with_columns(start=size.cum_sum() - size).select(
+            INGEST_ID, "start", base=pl.col("start") - pl.col("first")
+        )
         return cls(ranges)
 
     def keyed(self, frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -6,7 +6,7 @@ only the parts of the left table it changed, and everything when the right-hand 
 Both joins hash the narrow albums columns and stream the wide side (bands' lists, reviews'
 text) past them. Keeping the wide side's row order (`maintain_order`) is what makes Polars probe
 with it rather than hold it: with the order left free, its streaming engine built on the wide
-side and a scale-100 join peaked at 1.9-2.3 GiB; now 0.7 GiB (`music_catalog`) and 1.3 GiB
+side and a scale-100 join peaked at 1.9-2.3 GiB; now 0.8 GiB (`music_catalog`) and 1.4 GiB
 (`album_reviews`), and no slower.
 """
 
