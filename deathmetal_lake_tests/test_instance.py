@@ -101,3 +101,27 @@ def test_lake_storage_keeps_one_connection_per_database(
             conn.exec_driver_sql("SELECT 1")
     assert writes > 10
     assert opened == []
+
+
+def test_lake_storage_asks_for_tables_on_its_open_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster asks whether a table exists before most partition and check writes (250 times in
+    a scale-1 build): the index's open connection answers, no database is opened for it."""
+    settings = make_settings(tmp_path / "state")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.instance_dir))
+    opened: list[str] = []
+
+    def count(_dbapi_connection: object, _record: object) -> None:
+        opened.append("connection")
+
+    with open_instance(settings) as instance:
+        instance.add_dynamic_partitions("ingests", ["first"])
+        sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", count)
+        try:
+            for n in range(5):
+                instance.add_dynamic_partitions("ingests", [f"ingest-{n}"])
+                assert instance.has_dynamic_partition("ingests", f"ingest-{n}")
+        finally:
+            sqlalchemy.event.remove(sqlalchemy.pool.Pool, "connect", count)
+    assert opened == []
