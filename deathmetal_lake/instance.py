@@ -4,7 +4,7 @@ Dagster's SQLite storages build a new SQLAlchemy engine for every transaction, s
 run writes (an increment writes ~170) opens the database file, initializes the dialect and
 compiles its INSERT again, then waits for SQLite's full sync of the write-ahead log.
 `LakeSqliteStorage` is the same storage in the same files (`$DAGSTER_HOME/history`, `schedules`)
-with one engine per database file that keeps one open connection and its compiled statements,
+with one engine per database file that keeps its connections open and its compiled statements,
 and `synchronous=NORMAL`: in WAL mode a commit can neither corrupt the database nor be lost when
 a process dies, only when the machine loses power before the next checkpoint, the right trade for
 a local lake's run history. dagster.yaml selects it.
@@ -80,7 +80,7 @@ class _Engines:
     mode; more threads that write at the same time get connections of their own, closed when
     returned.
     Bounded: a long `make dev` reads the event logs of many runs (a database file each), and an
-    engine that falls out closes its connection.
+    engine that falls out closes its connections.
     """
 
     def __init__(self, size: int) -> None:
